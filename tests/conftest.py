@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests that need the benchmark images take ``data_root``.
+
+Without ``$ACLA_DATA`` they are skipped with a reason; CI sets ``ACLA_REQUIRE_DATA=1`` so that a
+missing data root fails the run instead of hiding behind skips.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REFERENCE = "reference"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    value = os.environ.get("ACLA_DATA")
+    if not value or not (Path(value) / "MANIFEST.csv").is_file():
+        if os.environ.get("ACLA_REQUIRE_DATA") == "1":
+            pytest.fail(f"ACLA_REQUIRE_DATA=1 but ACLA_DATA={value!r} holds no MANIFEST.csv")
+        pytest.skip("needs the benchmark images: set ACLA_DATA to a data root (e.g. ../shared/data)")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def reference_root(data_root: Path) -> Path:
+    path = data_root / REFERENCE
+    if not path.is_dir():
+        pytest.fail(f"{path} missing: the MATLAB reference images are part of the shared data root")
+    return path
