@@ -60,7 +60,7 @@ def _prepare(image: np.ndarray, crop_border: int, on_y_channel: bool) -> np.ndar
         values = values[..., None]
     if crop_border:
         values = values[crop_border:-crop_border, crop_border:-crop_border]
-    return values.transpose(2, 0, 1)
+    return np.ascontiguousarray(values.transpose(2, 0, 1))
 
 
 def _check_pair(output: np.ndarray, target: np.ndarray) -> None:
@@ -81,22 +81,23 @@ def _gaussian_window() -> np.ndarray:
     return window / window.sum()
 
 
-def _local_mean(plane: np.ndarray) -> np.ndarray:
-    """Gaussian-weighted local mean over the valid region ("valid" filter2 in MATLAB)."""
+def _local_means(stack: np.ndarray) -> np.ndarray:
+    """Gaussian-weighted local means of (..., H, W) planes over the valid region ("valid" filter2)."""
     window = _gaussian_window()
-    blurred = correlate1d(correlate1d(plane, window, axis=0), window, axis=1)
-    return blurred[SSIM_RADIUS:-SSIM_RADIUS, SSIM_RADIUS:-SSIM_RADIUS]
+    blurred = correlate1d(correlate1d(stack, window, axis=-2), window, axis=-1)
+    return blurred[..., SSIM_RADIUS:-SSIM_RADIUS, SSIM_RADIUS:-SSIM_RADIUS]
 
 
-def _ssim_plane(x: np.ndarray, y: np.ndarray) -> float:
-    mean_x, mean_y = _local_mean(x), _local_mean(y)
-    var_x = _local_mean(x * x) - mean_x**2
-    var_y = _local_mean(y * y) - mean_y**2
-    covariance = _local_mean(x * y) - mean_x * mean_y
+def _ssim_per_channel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean SSIM of each (C, H, W) channel; the five local statistics are filtered in one stack."""
+    mean_x, mean_y, mean_xx, mean_yy, mean_xy = _local_means(np.stack([x, y, x * x, y * y, x * y]))
+    var_x = mean_xx - mean_x**2
+    var_y = mean_yy - mean_y**2
+    covariance = mean_xy - mean_x * mean_y
     ssim_map = ((2 * mean_x * mean_y + SSIM_C1) * (2 * covariance + SSIM_C2)) / (
         (mean_x**2 + mean_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
     )
-    return float(ssim_map.mean())
+    return ssim_map.mean(axis=(-2, -1))
 
 
 def ssim(output: np.ndarray, target: np.ndarray, *, crop_border: int = 0, on_y_channel: bool = False) -> float:
@@ -106,7 +107,7 @@ def ssim(output: np.ndarray, target: np.ndarray, *, crop_border: int = 0, on_y_c
     y = _prepare(target, crop_border, on_y_channel)
     if min(x.shape[1:]) <= 2 * SSIM_RADIUS:
         raise ValueError(f"SSIM needs images larger than 11x11 after cropping, got {x.shape[1:]}")
-    return float(np.mean([_ssim_plane(x_plane, y_plane) for x_plane, y_plane in zip(x, y)]))
+    return float(_ssim_per_channel(x, y).mean())
 
 
 def score(task: str, output: np.ndarray, target: np.ndarray, *, scale: int = 1) -> tuple[float, float]:
