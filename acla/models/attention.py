@@ -1,0 +1,365 @@
+"""The attention family of the study, next to ``shared/paper/spec.md`` (labels (S1)...(S8)).
+
+Every module has the same interface, so an ablation is one name in ``build_attention``:
+
+    residual = module(query, refs)   # query (B, C, H, W); refs: list of R maps (B, C, H, W)
+    block_output = query + residual  # residual is exactly zero at initialisation (S5)
+
+and after each call exposes ``open_keys`` (mean number of keys a query attended to), ``key_budget``
+(mean gate probability, (S8)) and ``budget_loss`` (``budget_weight * key_budget``; zero for the
+non-adaptive modules).
+
+Variants (spec section 5):
+* ``nonlocal``  dense same-layer embedded-Gaussian non-local attention (Wang et al. 2018); quadratic.
+* ``cla-dense`` every position of every reference is a key; quadratic; dot-product logits only.
+* ``cla``       K keys per reference sampled around the query (S1)-(S5).
+* ``acla``      ``cla`` with a per-key gate (S6)-(S8): a flexible number of keys per query.
+
+Sampling is vectorised over references and keys, never a Python loop over keys: the bilinear taps of
+every key become rows of a channels-last table, and one ``F.embedding_bag`` per map gathers them with
+the attention and bilinear weights fused (``benchmarks/bench_sampling.py`` compares it with one
+batched ``grid_sample`` and with a per-key loop).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOGIT_FORMS = ("predicted", "dot")
+
+
+class AttentionBase(nn.Module):
+    """Bookkeeping shared by the family: the statistics each call leaves behind."""
+
+    keys_per_query: int  # keys a query can attend to when every gate is open
+
+    def __init__(self, budget_weight: float = 0.0) -> None:
+        super().__init__()
+        if budget_weight < 0:
+            raise ValueError(f"budget_weight must be >= 0, got {budget_weight}")
+        self.budget_weight = float(budget_weight)
+        self.open_keys = torch.tensor(0.0)  # mean keys attended per query, last call
+        self.open_key_counts: torch.Tensor | None = None  # (B, H, W) per-query counts, last call (ACLA)
+        self.key_budget = torch.tensor(0.0)  # (S8) mean gate probability, last call (0 without gates)
+
+    @property
+    def budget_loss(self) -> torch.Tensor:
+        """(S8) ``lambda_k * mean(sigmoid(s))``, to be added to the training loss."""
+        return self.budget_weight * self.key_budget
+
+    @staticmethod
+    def _check_refs(query: torch.Tensor, refs: list[torch.Tensor], expected: int) -> None:
+        if len(refs) != expected:
+            raise ValueError(f"expected {expected} reference map(s), got {len(refs)}")
+        for index, ref in enumerate(refs):
+            if ref.shape != query.shape:
+                raise ValueError(f"reference {index} has shape {tuple(ref.shape)}, the query {tuple(query.shape)}")
+
+
+def zero_init(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class NonLocalAttention(AttentionBase):
+    """Same-layer embedded-Gaussian non-local block: softmax(theta(x)^T phi(x)) g(x), then W_z.
+
+    Ignores ``refs`` (it attends within the query map), so it drops in where the others go.
+    """
+
+    def __init__(self, channels: int, num_refs: int = 0, *, inner_channels: int | None = None) -> None:
+        super().__init__()
+        inner = inner_channels or max(channels // 2, 1)
+        self.theta = nn.Conv2d(channels, inner, 1)
+        self.phi = nn.Conv2d(channels, inner, 1)
+        self.g = nn.Conv2d(channels, inner, 1)
+        self.output = zero_init(nn.Conv2d(inner, channels, 1))
+        self.keys_per_query = 0  # set per call: H * W
+
+    def forward(self, query: torch.Tensor, refs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        batch, _, height, width = query.shape
+        q = self.theta(query).flatten(2).transpose(1, 2)  # (B, HW, d)
+        k = self.phi(query).flatten(2).transpose(1, 2)  # (B, HW, d)
+        v = self.g(query).flatten(2).transpose(1, 2)  # (B, HW, d)
+        attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # embedded Gaussian: no 1/sqrt(d)
+        self.keys_per_query = height * width
+        self.open_keys = torch.tensor(float(height * width))
+        return self.output(attended.transpose(1, 2).reshape(batch, -1, height, width))
+
+
+class DenseCrossLayerAttention(AttentionBase):
+    """``cla-dense``: every position of every reference layer is a key (quadratic in H*W).
+
+    Same parameters and maths as ``SampledCrossLayerAttention(logits="dot")`` with the key set
+    widened to all positions: q = W_q F^l, v = W_v F^r, k = W_k v, softmax over all R*H*W keys.
+    """
+
+    def __init__(
+        self, channels: int, num_refs: int, *, value_channels: int | None = None,
+        key_channels: int | None = None, logits: str = "dot",
+    ) -> None:
+        super().__init__()
+        if logits != "dot":
+            raise ValueError("cla-dense has no fixed key set to predict logits for: use logits='dot'")
+        self.num_refs = num_refs
+        value_channels = value_channels or channels
+        key_channels = key_channels or channels
+        self.value = nn.Conv2d(channels, value_channels, 1)  # (S2) W_v, shared by the references
+        self.query = nn.Conv2d(channels, key_channels, 1)  # (S3) W_q
+        self.key = nn.Conv2d(value_channels, key_channels, 1)  # (S3) W_k, on the values
+        self.output = zero_init(nn.Conv2d(value_channels, channels, 1))  # (S5) W_z
+        self.keys_per_query = 0
+
+    def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        self._check_refs(query, refs, self.num_refs)
+        batch, _, height, width = query.shape
+        values = self.value(torch.cat(refs, dim=0))  # (R*B, Cv, H, W)
+        keys = self.key(values)  # (R*B, d, H, W)
+        # (R*B, c, H, W) -> (B, R*H*W, c): every position of every reference is one key
+        as_tokens = lambda t: t.view(len(refs), batch, t.shape[1], -1).permute(1, 0, 3, 2).flatten(1, 2)  # noqa: E731
+        q = self.query(query).flatten(2).transpose(1, 2)  # (B, HW, d)
+        attended = F.scaled_dot_product_attention(q, as_tokens(keys), as_tokens(values))  # (S3)-(S5), 1/sqrt(d)
+        self.keys_per_query = len(refs) * height * width
+        self.open_keys = torch.tensor(float(self.keys_per_query))
+        return self.output(attended.transpose(1, 2).reshape(batch, -1, height, width))
+
+
+def key_grid(num_keys: int, dilation: float = 1.0) -> torch.Tensor:
+    """(K, 2) fixed (x, y) offsets p_k of the keys around the query: a centred sqrt(K) x sqrt(K) grid."""
+    side = math.isqrt(num_keys)
+    if side * side != num_keys:
+        raise ValueError(f"num_keys must be a square (1, 4, 9, 16, ...), got {num_keys}")
+    steps = (torch.arange(side, dtype=torch.float32) - (side - 1) / 2) * dilation
+    y, x = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=1)
+
+
+class SampledCrossLayerAttention(AttentionBase):
+    """``cla`` (fixed K keys per reference) and, with ``adaptive=True``, ``acla`` (gated keys).
+
+    For query position p, reference r and key k the key sits at p + p_k + dp_{r,k}(p).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_refs: int,
+        num_keys: int = 9,
+        *,
+        logits: str = "predicted",
+        value_channels: int | None = None,
+        key_channels: int | None = None,
+        dilation: float = 1.0,
+        adaptive: bool = False,
+        budget_weight: float = 0.0,
+        temperature: float = 1.0,
+        gate_bias: float = 2.0,
+    ) -> None:
+        super().__init__(budget_weight if adaptive else 0.0)
+        if logits not in LOGIT_FORMS:
+            raise ValueError(f"logits must be one of {LOGIT_FORMS}, got {logits!r}")
+        if num_refs < 1:
+            raise ValueError(f"num_refs must be >= 1, got {num_refs}")
+        self.num_refs, self.num_keys, self.logit_form, self.adaptive = num_refs, num_keys, logits, adaptive
+        self.keys_per_query = num_refs * num_keys
+        self.temperature = temperature  # (S6) Gumbel-sigmoid tau; the trainer anneals it
+        value_channels = value_channels or channels
+        self.register_buffer("grid", key_grid(num_keys, dilation), persistent=False)  # (K, 2) p_k
+        self.value = nn.Conv2d(channels, value_channels, 1)  # (S2) W_v, shared by the references
+        self.offset = zero_init(nn.Conv2d(channels, 2 * num_refs * num_keys, 1))  # (S1) W_o, starts on the grid
+        if logits == "predicted":
+            self.attention = zero_init(nn.Conv2d(channels, num_refs * num_keys, 1))  # (S3) W_a, uniform start
+        else:
+            key_channels = key_channels or channels
+            self.query = nn.Conv2d(channels, key_channels, 1)  # (S3) W_q
+            self.key = nn.Conv2d(value_channels, key_channels, 1)  # (S3) W_k, on the values
+        if adaptive:
+            self.gate = nn.Conv2d(channels, num_refs * num_keys, 1)  # (S6) W_m
+            nn.init.normal_(self.gate.weight, std=0.01)
+            nn.init.constant_(self.gate.bias, gate_bias)  # start with most keys open (sigmoid(2) = 0.88)
+        self.output = zero_init(nn.Conv2d(value_channels, channels, 1))  # (S5) W_z, identity at init
+
+    def sampling_positions(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, R, K, 2) pixel positions (x, y) of every key: p + p_k + dp_{r,k}(p)."""
+        batch, _, height, width = query.shape
+        offsets = self.offset(query).permute(0, 2, 3, 1)  # (S1) (B, H, W, 2*R*K), pixels, zero at init
+        offsets = offsets.reshape(batch, height, width, self.num_refs, self.num_keys, 2)
+        ys = torch.arange(height, device=query.device, dtype=offsets.dtype).view(1, height, 1, 1, 1)
+        xs = torch.arange(width, device=query.device, dtype=offsets.dtype).view(1, 1, width, 1, 1)
+        base = torch.stack(torch.broadcast_tensors(xs, ys), dim=-1)  # (1, H, W, 1, 1, 2)
+        return base + self.grid.to(offsets.dtype) + offsets
+
+    def sample(self, maps: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Bilinear samples (B, H, W, R, K, c) of ``maps`` (B*R, c, H, W) at ``positions``; zeros outside."""
+        batch, height, width, refs, keys, _ = positions.shape
+        index, weight = bilinear_taps(positions, height, width)
+        bags = weighted_gather(as_table(maps), index.flatten(0, -2), weight.flatten(0, -2))
+        return bags.view(batch, height, width, refs, keys, maps.shape[1])
+
+    def gates(self, query: torch.Tensor) -> torch.Tensor:
+        """(S6)-(S7) per-key gates (B, R*K, H, W), exactly 0/1 in the forward pass."""
+        scores = self.gate(query)  # (S6) s, (B, R*K, H, W)
+        self.key_budget = torch.sigmoid(scores.float()).mean()  # (S8) expected fraction of open keys
+        if self.training:
+            uniform = torch.rand_like(scores).clamp_(1e-6, 1 - 1e-6)
+            relaxed = torch.sigmoid((scores + torch.log(uniform) - torch.log1p(-uniform)) / self.temperature)
+            hard = relaxed > 0.5
+        else:
+            relaxed, hard = None, scores > 0  # deterministic at inference
+        strongest = F.one_hot(scores.argmax(dim=1), scores.shape[1]).permute(0, 3, 1, 2).bool()
+        hard = hard | strongest  # (S7) the best-scored key is always open
+        if relaxed is None:
+            return hard.to(scores.dtype)
+        return hard.to(scores.dtype) + (relaxed - relaxed.detach())  # straight-through, exactly 0/1 forward
+
+    def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        self._check_refs(query, refs, self.num_refs)
+        batch, _, height, width = query.shape
+        # Channels-last throughout: the 1x1 convs then emit (B, H, W, c) memory, which is the layout the
+        # per-query gathers read, so no permute copies are needed.
+        output_format = torch.channels_last if query.is_contiguous(memory_format=torch.channels_last) else (
+            torch.contiguous_format
+        )
+        query = query.contiguous(memory_format=torch.channels_last)
+        stacked = torch.stack([ref.permute(0, 2, 3, 1) for ref in refs], dim=1)  # (B, R, H, W, C)
+        values = self.value(stacked.flatten(0, 1).permute(0, 3, 1, 2))  # (S2) V^r, (B*R, Cv, H, W) channels-last
+        positions = self.sampling_positions(query)  # (S1) (B, H, W, R, K, 2)
+
+        if self.logit_form == "predicted":
+            logits = self.attention(query).permute(0, 2, 3, 1)  # (S3) (B, H, W, R*K)
+        else:
+            sampled_keys = self.sample(self.key(values), positions).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
+            q = self.query(query).permute(0, 2, 3, 1)  # (B, H, W, d)
+            logits = torch.einsum("bhwd,bhwkd->bhwk", q, sampled_keys) / math.sqrt(q.shape[-1])
+
+        if self.adaptive:
+            gates = self.gates(query).permute(0, 2, 3, 1)  # (S6) (B, H, W, R*K), exactly 0/1
+            # (S7) closed keys leave the softmax: a = g exp(e - max_open) / sum g exp(e - max_open).
+            # Multiplying by g (not masking with -inf) lets the straight-through gradient reach the gate.
+            open_max = logits.masked_fill(gates.detach() == 0, float("-inf")).amax(dim=-1, keepdim=True).detach()
+            unnormalised = gates * torch.exp((logits - open_max).clamp(max=0))
+            weights = unnormalised / unnormalised.sum(dim=-1, keepdim=True)
+            counts = gates.detach().sum(dim=-1)
+        else:
+            weights = logits.softmax(dim=-1)  # (S4) jointly over the R*K keys
+            counts = torch.full((batch, height, width), float(self.keys_per_query), device=query.device)
+        self.open_key_counts = counts
+        self.open_keys = counts.float().mean()
+
+        weights = weights.view(batch, height, width, self.num_refs, self.num_keys)
+        aggregated = aggregate_keys(values, positions, weights).permute(0, 3, 1, 2)  # (S5) (B, Cv, H, W)
+        return self.output(aggregated).contiguous(memory_format=output_format)  # (S5) W_z
+
+
+def as_table(maps: torch.Tensor) -> torch.Tensor:
+    """(N, c, H, W) maps -> (N*H*W, c) rows, channels last: row (n*H + y)*W + x is pixel (x, y) of map n."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+
+def aggregate_keys(values: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(S5) sum_{r,k} a_{r,k}(p) Bilinear(V^r, position_{r,k}(p)) for every query p -> (B, H, W, Cv).
+
+    ``values`` (B*R, Cv, H, W) (channels-last memory avoids a copy), ``positions`` (B, H, W, R, K, 2)
+    in pixels, ``weights`` (B, H, W, R, K). Attention and bilinear weights are fused into one
+    weighted gather (``embedding_bag``, one bag of 4*R*K taps per query), so no tensor of sampled
+    values (B, H, W, R*K, Cv) is ever built, forward or backward.
+    """
+    batch, height, width = positions.shape[:3]
+    index, bilinear = bilinear_taps(positions, height, width)  # (B, H, W, R, K, 4)
+    fused = weights.unsqueeze(-1) * bilinear.to(weights.dtype)
+    aggregated = weighted_gather(as_table(values), index.flatten(3).flatten(0, 2), fused.flatten(3).flatten(0, 2))
+    return aggregated.view(batch, height, width, values.shape[1])
+
+
+def weighted_gather(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[q] = sum_t weights[q, t] * table[index[q, t]]: (Q, T) index and weights, (N, c) table -> (Q, c)."""
+    weights = weights.to(table.dtype)
+    fast_backward = torch.is_grad_enabled() and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64)
+    if fast_backward and (table.requires_grad or weights.requires_grad):
+        return _WeightedGatherCPU.apply(table, index, weights)
+    return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+
+
+class _WeightedGatherCPU(torch.autograd.Function):
+    """``embedding_bag`` forward with a sparse-matrix backward, 2-3x faster on CPU.
+
+    Hand-written because ``embedding_bag``'s CPU backward for the table costs ~10x its forward here.
+    Seen as a sparse (Q, N) matrix S with the weights as values, the forward is S @ table, so the
+    table's gradient is S^T @ grad: one argsort builds S^T in CSR form and an MKL sparse matmul does
+    the rest. The weights' gradient reuses embedding_bag's own kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(table, index, weights)
+        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        table, index, weights = ctx.saved_tensors
+        queries, taps = index.shape
+        rows = table.shape[0]
+        flat_index = index.flatten()
+        grad_out = grad_out.contiguous()
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            order = torch.argsort(flat_index.int() if rows < 2**31 else flat_index)
+            row_starts = torch.zeros(rows + 1, dtype=torch.long)
+            torch.cumsum(torch.bincount(flat_index, minlength=rows), 0, out=row_starts[1:])
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are stable
+                warnings.simplefilter("ignore", UserWarning)
+                transposed = torch.sparse_csr_tensor(
+                    row_starts, order // taps, weights.flatten()[order], size=(rows, queries), check_invariants=False
+                )
+            grad_table = transposed @ grad_out
+        if ctx.needs_input_grad[2]:  # <grad[q], table[index[q, t]]>: embedding_bag's own kernel for this part
+            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out, table, flat_index, torch.arange(0, queries * taps, taps),
+                torch.arange(queries).repeat_interleave(taps), 0,  # offset2bag, mode 0 = sum
+            ).view(queries, taps)
+        return grad_table, None, grad_weights
+
+
+def bilinear_taps(positions: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and weights of the four bilinear taps of each (x, y) in ``positions`` (B, H, W, R, K, 2).
+
+    Returns ``index`` and ``weight`` of shape (B, H, W, R, K, 4) with taps ordered (y0 x0, y0 x1,
+    y1 x0, y1 x1): ``index`` is a row of ``as_table(maps)`` with maps ordered (b, r); a tap outside
+    the map gets weight 0 (zero padding) and a clamped, harmless row. At integer positions the
+    fractional part is exactly 0, so sampling returns the feature exactly. Gradients reach the
+    positions through the weights.
+    """
+    batch, _, _, refs = positions.shape[:4]
+    x, y = positions[..., 0], positions[..., 1]
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    # per-axis weights, zeroed where that neighbour lies outside the map: (..., 2) for (0, +1)
+    weight_x = torch.stack([(1 - fx) * ((x0 >= 0) & (x0 <= width - 1)), fx * ((x0 >= -1) & (x0 <= width - 2))], -1)
+    weight_y = torch.stack([(1 - fy) * ((y0 >= 0) & (y0 <= height - 1)), fy * ((y0 >= -1) & (y0 <= height - 2))], -1)
+    weight = (weight_y.unsqueeze(-1) * weight_x.unsqueeze(-2)).flatten(-2)  # (..., 4)
+    map_index = torch.arange(batch * refs, device=positions.device).view(batch, 1, 1, refs, 1)
+    top_left = map_index * (height * width) + y0.long() * width + x0.long()  # (B, H, W, R, K)
+    corners = torch.tensor([0, 1, width, width + 1], device=positions.device)
+    index = (top_left.unsqueeze(-1) + corners).clamp_(0, batch * refs * height * width - 1)
+    return index, weight
+
+
+ATTENTIONS = ("none", "nonlocal", "cla-dense", "cla", "acla")
+
+
+def build_attention(name: str, channels: int, num_refs: int, num_keys: int = 9, **options) -> nn.Module:
+    """One attention module of the family by name (see the module docstring)."""
+    if name == "nonlocal":
+        return NonLocalAttention(channels, num_refs, **options)
+    if name == "cla-dense":
+        return DenseCrossLayerAttention(channels, num_refs, **options)
+    if name in ("cla", "acla"):
+        return SampledCrossLayerAttention(channels, num_refs, num_keys, adaptive=name == "acla", **options)
+    raise ValueError(f"unknown attention {name!r}; expected one of {ATTENTIONS[1:]}")

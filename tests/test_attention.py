@@ -1,0 +1,244 @@
+"""The attention family against direct implementations of the same maths (CPU, tiny, float64)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from acla.models import build_attention, build_model
+from acla.models.attention import SampledCrossLayerAttention, key_grid
+
+
+def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter (zero-initialised ones included) random values, so outputs are non-trivial."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * 0.3)
+    return module
+
+
+def maps(*shape: int, count: int = 1, seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=generator, dtype=torch.float64) for _ in range(count)]
+
+
+def conv1x1(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x) + conv.bias.view(1, -1, 1, 1)
+
+
+def test_cla_dense_equals_a_direct_einsum() -> None:
+    module = randomise(build_attention("cla-dense", 6, 2).double())
+    query, *refs = maps(2, 6, 4, 5, count=3)
+    q = conv1x1(module.query, query).flatten(2)  # (B, d, N)
+    values = [conv1x1(module.value, ref).flatten(2) for ref in refs]  # (B, Cv, N) each
+    keys = [conv1x1(module.key, conv1x1(module.value, ref)).flatten(2) for ref in refs]
+    logits = torch.einsum("bdq,bdk->bqk", q, torch.cat(keys, 2)) / math.sqrt(q.shape[1])  # (B, N, R*N)
+    attended = torch.einsum("bqk,bck->bcq", logits.softmax(-1), torch.cat(values, 2))
+    expected = conv1x1(module.output, attended.view(2, -1, 4, 5))
+    assert torch.allclose(module(query, refs), expected, atol=1e-12)
+
+
+def test_nonlocal_equals_a_direct_einsum() -> None:
+    module = randomise(build_attention("nonlocal", 6, 0).double())
+    (query,) = maps(1, 6, 3, 4)
+    theta, phi, g = (conv1x1(conv, query).flatten(2) for conv in (module.theta, module.phi, module.g))
+    attended = torch.einsum("bqk,bck->bcq", torch.einsum("bdq,bdk->bqk", theta, phi).softmax(-1), g)
+    assert torch.allclose(module(query, []), conv1x1(module.output, attended.view(1, -1, 3, 4)), atol=1e-12)
+
+
+def test_cla_on_integer_keys_equals_cla_dense_restricted_to_them() -> None:
+    # A 3x3 map and K = 9 keys on the 3x3 grid with offsets frozen at zero: the centre query's keys are
+    # exactly every position of each reference, i.e. cla-dense's key set.
+    dense = randomise(build_attention("cla-dense", 5, 2).double())
+    sampled = build_attention("cla", 5, 2, num_keys=9, logits="dot").double()
+    for name in ("value", "query", "key", "output"):
+        getattr(sampled, name).load_state_dict(getattr(dense, name).state_dict())
+    assert not sampled.offset.weight.any() and not sampled.offset.bias.any()  # offsets frozen at zero
+    query, *refs = maps(2, 5, 3, 3, count=3)
+    assert torch.allclose(sampled(query, refs)[..., 1, 1], dense(query, refs)[..., 1, 1], atol=1e-12)
+
+    # Every other query: its in-map keys plus zero keys (values and keys are 0 outside the map).
+    values = torch.stack([conv1x1(sampled.value, ref) for ref in refs], 1)  # (B, R, C, 3, 3)
+    keys = torch.stack([conv1x1(sampled.key, conv1x1(sampled.value, ref)) for ref in refs], 1)
+    q = conv1x1(sampled.query, query)
+    padded_values, padded_keys = F.pad(values, (1, 1, 1, 1)), F.pad(keys, (1, 1, 1, 1))
+    out = torch.zeros(2, values.shape[2], 3, 3, dtype=torch.float64)
+    for y in range(3):
+        for x in range(3):
+            window_values = padded_values[..., y : y + 3, x : x + 3].flatten(3).permute(0, 1, 3, 2).flatten(1, 2)
+            window_keys = padded_keys[..., y : y + 3, x : x + 3].flatten(3).permute(0, 1, 3, 2).flatten(1, 2)
+            weights = (torch.einsum("bd,bkd->bk", q[..., y, x], window_keys) / math.sqrt(q.shape[1])).softmax(-1)
+            out[..., y, x] = torch.einsum("bk,bkc->bc", weights, window_values)
+    assert torch.allclose(sampled(query, refs), conv1x1(sampled.output, out), atol=1e-12)
+
+
+def test_bilinear_sampling_at_integer_positions_returns_the_feature() -> None:
+    module = build_attention("cla", 4, 1, num_keys=9).double()
+    (values,) = maps(2, 4, 5, 6)
+    positions = module.sampling_positions(torch.zeros(2, 4, 5, 6, dtype=torch.float64))  # zero offsets at init
+    sampled = module.sample(values, positions).permute(0, 3, 4, 5, 1, 2)  # (B, R, K, C, H, W)
+    padded = F.pad(values, (1, 1, 1, 1))
+    for k, (dx, dy) in enumerate(key_grid(9).long().tolist()):
+        expected = padded[..., 1 + dy : 6 + dy, 1 + dx : 7 + dx]  # shifted copy, zeros outside
+        assert torch.equal(sampled[:, 0, k], expected)
+
+
+def test_offsets_move_the_sampled_key() -> None:
+    module = build_attention("cla", 2, 1, num_keys=1).double()
+    torch.nn.init.constant_(module.offset.bias, 0.0)
+    with torch.no_grad():
+        module.offset.bias.copy_(torch.tensor([1.0, 0.5]))  # dx = 1, dy = 0.5
+    (values,) = maps(1, 2, 4, 4)
+    sampled = module.sample(values, module.sampling_positions(torch.zeros(1, 2, 4, 4, dtype=torch.float64)))
+    expected = 0.5 * (values[..., 0, 1] + values[..., 1, 1])  # query (0, 0) reads between rows 0 and 1 of column 1
+    assert torch.allclose(sampled[0, 0, 0, 0, 0], expected[0], atol=1e-12)
+    # and matches torch's grid_sample (align_corners=False, zero padding) at arbitrary positions
+    with torch.no_grad():
+        module.offset.weight.normal_(0, 2.0)
+    query = maps(1, 2, 4, 4, seed=9)[0]
+    positions = module.sampling_positions(query)[:, :, :, 0, 0]  # (B, H, W, 2) pixels
+    normalised = torch.stack([(2 * positions[..., 0] + 1) / 4 - 1, (2 * positions[..., 1] + 1) / 4 - 1], -1)
+    reference = F.grid_sample(values, normalised, mode="bilinear", padding_mode="zeros", align_corners=False)
+    ours = module.sample(values, module.sampling_positions(query))[:, :, :, 0, 0].permute(0, 3, 1, 2)
+    assert torch.allclose(ours, reference, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ["nonlocal", "cla-dense", "cla", "acla"])
+def test_inserted_modules_start_as_the_identity(attention: str) -> None:
+    torch.manual_seed(0)
+    model = build_model("sr", "tiny", attention=attention, insert="every", scale=2)
+    backbone = build_model("sr", "tiny", scale=2)
+    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("attention.")})
+    x = torch.rand(2, 3, 12, 10)
+    model.train()
+    assert torch.equal(model(x), backbone(x))
+
+
+def test_predicted_logits_and_gates_are_one_interface() -> None:
+    for name in ("cla", "acla"):
+        for logits in ("predicted", "dot"):
+            module = build_attention(name, 8, 3, num_keys=4, logits=logits)
+            query, *refs = (t.float() for t in maps(2, 8, 6, 7, count=4))
+            assert module(query, refs).shape == query.shape
+            assert module.keys_per_query == 12 and 1 <= float(module.open_keys) <= 12
+    with pytest.raises(ValueError, match="use logits='dot'"):
+        build_attention("cla-dense", 8, 2, logits="predicted")
+    with pytest.raises(ValueError, match="unknown attention 'transformer'"):
+        build_attention("transformer", 8, 2)
+    with pytest.raises(ValueError, match="num_keys must be a square"):
+        build_attention("cla", 8, 2, num_keys=5)
+    with pytest.raises(ValueError, match="expected 2 reference map"):
+        build_attention("cla", 8, 2)(torch.zeros(1, 8, 4, 4), [torch.zeros(1, 8, 4, 4)])
+
+
+def gated(seed: int = 0) -> SampledCrossLayerAttention:
+    torch.manual_seed(seed)
+    module = build_attention("acla", 8, 2, num_keys=9, gate_bias=0.0)
+    torch.nn.init.normal_(module.gate.weight, std=1.0)
+    return module
+
+
+def test_gates_at_inference_are_exactly_binary_with_one_key_open() -> None:
+    module = gated().eval()
+    query = torch.randn(3, 8, 6, 6)
+    gates = module.gates(query)
+    assert set(gates.unique().tolist()) <= {0.0, 1.0}
+    assert (gates.sum(1) >= 1).all()
+    closed = torch.full_like(module.gate.bias, -50.0)
+    with torch.no_grad():
+        module.gate.bias.copy_(closed)
+    gates = module.gates(query)
+    assert (gates.sum(1) == 1).all()  # every score negative: only the strongest key stays open
+    module(query, [torch.randn(3, 8, 6, 6), torch.randn(3, 8, 6, 6)])
+    assert float(module.open_keys) == 1.0
+
+
+def test_closed_keys_get_zero_weight_and_open_keys_renormalise() -> None:
+    module = gated(1).eval().double()
+    randomise(module.attention, 3), randomise(module.output, 4)
+    query, *refs = maps(1, 8, 5, 5, count=3)
+    gates = module.gates(query)
+    out = module(query, refs)
+    # the same module without gates, on the open keys only
+    plain = build_attention("cla", 8, 2, num_keys=9).double()
+    plain.load_state_dict({k: v for k, v in module.state_dict().items() if not k.startswith("gate.")})
+    values = plain.value(torch.stack(refs, 1).flatten(0, 1))
+    sampled = plain.sample(values, plain.sampling_positions(query)).flatten(3, 4)  # (B, H, W, R*K, C)
+    logits = plain.attention(query).masked_fill(gates == 0, float("-inf"))  # (B, R*K, H, W)
+    expected = plain.output(torch.einsum("bkhw,bhwkc->bchw", logits.softmax(1), sampled))
+    assert torch.allclose(out, expected, atol=1e-12)
+
+
+def test_training_gates_are_straight_through_and_reach_the_gate_logits() -> None:
+    module = gated(2).train()
+    randomise(module.output, 5)
+    query, *refs = (t.float() for t in maps(2, 8, 5, 5, count=3))
+    out = module(query, refs)
+    assert set(module.gates(query).detach().unique().tolist()) <= {0.0, 1.0}
+    (out.square().mean() + module.budget_loss).backward()
+    assert module.gate.weight.grad is not None and module.gate.weight.grad.abs().sum() > 0
+
+
+def test_a_higher_budget_weight_opens_fewer_keys() -> None:
+    def open_keys_after_training(budget_weight: float) -> float:
+        torch.manual_seed(0)
+        module = build_attention("acla", 8, 2, num_keys=9, budget_weight=budget_weight)
+        optimiser = torch.optim.Adam(module.parameters(), lr=0.02)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(60):
+            query, ref_a, ref_b = (torch.randn(4, 8, 6, 6, generator=generator) for _ in range(3))
+            target = 0.5 * ref_a  # a toy target the module can reach through its keys
+            loss = F.mse_loss(query + module(query, [ref_a, ref_b]), query + target) + module.budget_loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        module.eval()
+        with torch.no_grad():
+            module(*(lambda q, a, b: (q, [a, b]))(*(torch.randn(4, 8, 6, 6, generator=generator) for _ in range(3))))
+        return float(module.open_keys)
+
+    low, high = open_keys_after_training(0.0), open_keys_after_training(2.0)
+    assert high < low - 2, f"open keys: budget 0 -> {low:.2f}, budget 2 -> {high:.2f}"
+
+
+def test_gradcheck_of_a_tiny_acla_in_float64() -> None:
+    torch.manual_seed(0)
+    module = build_attention("acla", 3, 2, num_keys=4, logits="dot").double().eval()
+    randomise(module, 7)
+    with torch.no_grad():  # keep sampling positions away from pixel boundaries (bilinear kinks)
+        module.offset.bias.add_(0.25)
+    query, *refs = (t.requires_grad_() for t in maps(1, 3, 3, 4, count=3, seed=4))
+    assert torch.autograd.gradcheck(lambda q, a, b: module(q, [a, b]), (query, *refs), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_runs_in_reduced_precision(dtype: torch.dtype) -> None:
+    query, *refs = (t.to(dtype) for t in maps(1, 8, 6, 6, count=3))
+    gated_module = randomise(build_attention("acla", 8, 2, num_keys=9)).to(dtype).eval()
+    assert gated_module(query, refs).dtype == dtype
+    # accuracy on the ungated module (a gate score near 0 may flip between precisions)
+    module = randomise(build_attention("cla", 8, 2, num_keys=9)).to(dtype).eval()
+    reference = randomise(build_attention("cla", 8, 2, num_keys=9)).double().eval()
+    out, expected = module(query, refs), reference(*(lambda q, r: (q.double(), [x.double() for x in r]))(query, refs))
+    assert out.dtype == dtype
+    tolerance = {torch.float32: 1e-4, torch.bfloat16: 0.15, torch.float16: 0.03}[dtype]
+    assert (out.double() - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_compiles_on_cpu() -> None:
+    module = randomise(build_attention("acla", 4, 2, num_keys=4)).eval()
+    query, *refs = (t.float() for t in maps(1, 4, 5, 5, count=3))
+    compiled = torch.compile(module)
+    assert torch.allclose(compiled(query, refs), module(query, refs), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (checked when a GPU is lent)")
+def test_cpu_and_gpu_agree() -> None:
+    module = randomise(build_attention("acla", 8, 2, num_keys=9)).eval()
+    query, *refs = (t.float() for t in maps(2, 8, 16, 16, count=3))
+    on_gpu = module.cuda()(query.cuda(), [r.cuda() for r in refs]).cpu()
+    assert torch.allclose(module.cpu()(query, refs), on_gpu, atol=1e-4)
