@@ -7,15 +7,13 @@ Usage: ``python benchmarks/bench_attention.py [--device cuda] [--sizes 32 48 64 
 
 from __future__ import annotations
 
-import argparse
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
 
 from acla.models import build_attention
-from benchmarks.common import device_name, forward_backward, measure, save_figure, write_csv
+from benchmarks.common import attention_arguments, device_name, forward_backward, measure, save_figure, write_csv
 
 VARIANTS = ("acla", "cla", "cla-dense", "nonlocal")
 
@@ -55,14 +53,7 @@ def run(sizes: list[int], device: torch.device, channels: int, refs: int, keys: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64, 96, 128])
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--refs", type=int, default=2)
-    parser.add_argument("--keys", type=int, default=9)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = attention_arguments(__doc__, sizes=[32, 48, 64, 96, 128], channels=32, repeats=3).parse_args()
     device = torch.device(args.device)
     frame = run(args.sizes, device, args.channels, args.refs, args.keys, args.repeats)
     tag = device.type

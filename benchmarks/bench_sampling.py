@@ -15,15 +15,13 @@ then timed side by side. Usage: ``python benchmarks/bench_sampling.py [--device 
 
 from __future__ import annotations
 
-import argparse
-
 import pandas as pd
 import seaborn as sns
 import torch
 import torch.nn.functional as F
 
 from acla.models.attention import aggregate_keys, key_grid
-from benchmarks.common import device_name, measure, save_figure, write_csv
+from benchmarks.common import attention_arguments, device_name, measure, save_figure, write_csv
 
 
 def normalised_grid(positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -98,14 +96,8 @@ def run(sizes: list[int], device: torch.device, batch: int, channels: int, refs:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 96])
+    parser = attention_arguments(__doc__, sizes=[32, 64, 96], channels=64, repeats=5)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--refs", type=int, default=2)
-    parser.add_argument("--keys", type=int, default=9)
-    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = torch.device(args.device)
     frame = run(args.sizes, device, args.batch, args.channels, args.refs, args.keys, args.repeats)

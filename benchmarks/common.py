@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 from pathlib import Path
 
@@ -12,6 +13,18 @@ from acla.efficiency import median_seconds, peak_memory_bytes
 from acla.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "benchmarks"
+
+
+def attention_arguments(doc: str | None, *, sizes: list[int], channels: int, repeats: int) -> argparse.ArgumentParser:
+    """The options every attention benchmark shares: device, feature sizes and module shape."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--sizes", type=int, nargs="+", default=sizes, help="feature sizes H = W")
+    parser.add_argument("--channels", type=int, default=channels)
+    parser.add_argument("--refs", type=int, default=2, help="reference maps R")
+    parser.add_argument("--keys", type=int, default=9, help="keys per reference K")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats (median reported)")
+    return parser
 
 
 def device_name(device: torch.device) -> str:

@@ -198,10 +198,7 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def sample(self, maps: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Bilinear samples (B, H, W, R, K, c) of ``maps`` (B*R, c, H, W) at ``positions``; zeros outside."""
-        batch, height, width, refs, keys, _ = positions.shape
-        index, weight = bilinear_taps(positions, height, width)
-        bags = weighted_gather(as_table(maps), index.flatten(0, -2), weight.flatten(0, -2))
-        return bags.view(batch, height, width, refs, keys, maps.shape[1])
+        return sample_taps(maps, bilinear_taps(positions, *maps.shape[-2:]))
 
     def gates(self, query: torch.Tensor) -> torch.Tensor:
         """(S6)-(S7) per-key gates (B, R*K, H, W), exactly 0/1 in the forward pass."""
@@ -230,12 +227,12 @@ class SampledCrossLayerAttention(AttentionBase):
         query = query.contiguous(memory_format=torch.channels_last)
         stacked = torch.stack([ref.permute(0, 2, 3, 1) for ref in refs], dim=1)  # (B, R, H, W, C)
         values = self.value(stacked.flatten(0, 1).permute(0, 3, 1, 2))  # (S2) V^r, (B*R, Cv, H, W) channels-last
-        positions = self.sampling_positions(query)  # (S1) (B, H, W, R, K, 2)
+        taps = bilinear_taps(self.sampling_positions(query), height, width)  # (S1)-(S2) (B, H, W, R, K, 4) each
 
         if self.logit_form == "predicted":
             logits = self.attention(query).permute(0, 2, 3, 1)  # (S3) (B, H, W, R*K)
         else:
-            sampled_keys = self.sample(self.key(values), positions).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
+            sampled_keys = sample_taps(self.key(values), taps).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
             q = self.query(query).permute(0, 2, 3, 1)  # (B, H, W, d)
             logits = torch.einsum("bhwd,bhwkd->bhwk", q, sampled_keys) / math.sqrt(q.shape[-1])
 
@@ -254,7 +251,7 @@ class SampledCrossLayerAttention(AttentionBase):
         self.open_keys = counts.float().mean()
 
         weights = weights.view(batch, height, width, self.num_refs, self.num_keys)
-        aggregated = aggregate_keys(values, positions, weights).permute(0, 3, 1, 2)  # (S5) (B, Cv, H, W)
+        aggregated = aggregate_taps(values, taps, weights).permute(0, 3, 1, 2)  # (S5) (B, Cv, H, W)
         return self.output(aggregated).contiguous(memory_format=output_format)  # (S5) W_z
 
 
@@ -267,15 +264,29 @@ def aggregate_keys(values: torch.Tensor, positions: torch.Tensor, weights: torch
     """(S5) sum_{r,k} a_{r,k}(p) Bilinear(V^r, position_{r,k}(p)) for every query p -> (B, H, W, Cv).
 
     ``values`` (B*R, Cv, H, W) (channels-last memory avoids a copy), ``positions`` (B, H, W, R, K, 2)
-    in pixels, ``weights`` (B, H, W, R, K). Attention and bilinear weights are fused into one
-    weighted gather (``embedding_bag``, one bag of 4*R*K taps per query), so no tensor of sampled
-    values (B, H, W, R*K, Cv) is ever built, forward or backward.
+    in pixels, ``weights`` (B, H, W, R, K).
     """
-    batch, height, width = positions.shape[:3]
-    index, bilinear = bilinear_taps(positions, height, width)  # (B, H, W, R, K, 4)
+    return aggregate_taps(values, bilinear_taps(positions, *values.shape[-2:]), weights)
+
+
+def aggregate_taps(values: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """``aggregate_keys`` from precomputed ``bilinear_taps``.
+
+    Attention and bilinear weights are fused into one weighted gather (one bag of 4*R*K taps per
+    query), so no tensor of sampled values (B, H, W, R*K, Cv) is ever built, forward or backward.
+    """
+    index, bilinear = taps  # (B, H, W, R, K, 4) each
+    batch, height, width = index.shape[:3]
     fused = weights.unsqueeze(-1) * bilinear.to(weights.dtype)
     aggregated = weighted_gather(as_table(values), index.flatten(3).flatten(0, 2), fused.flatten(3).flatten(0, 2))
     return aggregated.view(batch, height, width, values.shape[1])
+
+
+def sample_taps(maps: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Bilinear samples (B, H, W, R, K, c) of ``maps`` (B*R, c, H, W) at precomputed ``bilinear_taps``."""
+    index, weight = taps
+    bags = weighted_gather(as_table(maps), index.flatten(0, -2), weight.flatten(0, -2))
+    return bags.view(*index.shape[:-1], maps.shape[1])
 
 
 def weighted_gather(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -310,7 +321,7 @@ class _WeightedGatherCPU(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
-            order = torch.argsort(flat_index.int() if rows < 2**31 else flat_index)
+            order = torch.argsort(flat_index)
             row_starts = torch.zeros(rows + 1, dtype=torch.long)
             torch.cumsum(torch.bincount(flat_index, minlength=rows), 0, out=row_starts[1:])
             with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are stable
@@ -321,8 +332,8 @@ class _WeightedGatherCPU(torch.autograd.Function):
             grad_table = transposed @ grad_out
         if ctx.needs_input_grad[2]:  # <grad[q], table[index[q, t]]>: embedding_bag's own kernel for this part
             grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out, table, flat_index, torch.arange(0, queries * taps, taps),
-                torch.arange(queries).repeat_interleave(taps), 0,  # offset2bag, mode 0 = sum
+                grad_out, table, flat_index, torch.arange(0, queries * taps, taps, dtype=flat_index.dtype),
+                torch.arange(queries, dtype=flat_index.dtype).repeat_interleave(taps), 0,  # offset2bag; mode 0 = sum
             ).view(queries, taps)
         return grad_table, None, grad_weights
 
@@ -344,10 +355,12 @@ def bilinear_taps(positions: torch.Tensor, height: int, width: int) -> tuple[tor
     weight_x = torch.stack([(1 - fx) * ((x0 >= 0) & (x0 <= width - 1)), fx * ((x0 >= -1) & (x0 <= width - 2))], -1)
     weight_y = torch.stack([(1 - fy) * ((y0 >= 0) & (y0 <= height - 1)), fy * ((y0 >= -1) & (y0 <= height - 2))], -1)
     weight = (weight_y.unsqueeze(-1) * weight_x.unsqueeze(-2)).flatten(-2)  # (..., 4)
-    map_index = torch.arange(batch * refs, device=positions.device).view(batch, 1, 1, refs, 1)
-    top_left = map_index * (height * width) + y0.long() * width + x0.long()  # (B, H, W, R, K)
-    corners = torch.tensor([0, 1, width, width + 1], device=positions.device)
-    index = (top_left.unsqueeze(-1) + corners).clamp_(0, batch * refs * height * width - 1)
+    rows = batch * refs * height * width
+    index_type = torch.int32 if rows < 2**31 - width - 2 else torch.int64  # int32 halves the index memory
+    map_index = torch.arange(batch * refs, device=positions.device, dtype=index_type).view(batch, 1, 1, refs, 1)
+    top_left = map_index * (height * width) + y0.to(index_type) * width + x0.to(index_type)  # (B, H, W, R, K)
+    corners = torch.tensor([0, 1, width, width + 1], device=positions.device, dtype=index_type)
+    index = (top_left.unsqueeze(-1) + corners).clamp_(0, rows - 1)
     return index, weight
 
 
