@@ -57,10 +57,102 @@ class ClassicalConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The network: a backbone preset, an attention variant and where it goes (spec sections 1-5)."""
+
+    backbone: str = "tiny"  # tiny | edsr-baseline | edsr
+    attention: str = "acla"  # none | nonlocal | cla-dense | cla | acla
+    insert: str | tuple[int, ...] = "four-stages"  # none | every | four-stages | block indices
+    num_keys: int = 9  # K keys per reference
+    logits: str = "predicted"  # (S3) predicted | dot
+    key_budget_weight: float = 1e-3  # (S8) lambda_k
+
+    def __post_init__(self) -> None:
+        from acla.models import ATTENTIONS, BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"model.backbone: {self.backbone!r} is not one of {sorted(BACKBONES)}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"model.attention: {self.attention!r} is not one of {ATTENTIONS}")
+        if self.logits not in ("predicted", "dot"):
+            raise ValueError(f"model.logits: {self.logits!r} is not 'predicted' or 'dot'")
+        if self.num_keys < 1:
+            raise ValueError(f"model.num_keys must be >= 1, got {self.num_keys}")
+        if self.key_budget_weight < 0:
+            raise ValueError(f"model.key_budget_weight must be >= 0, got {self.key_budget_weight}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (spec section 6 for the paper profile; fewer iterations in the others)."""
+
+    iterations: int = 300
+    batch_size: int = 16  # global batch, split over the ranks under torchrun
+    patch_size: int = 96  # side of the clean (HR) patch
+    learning_rate: float = 1e-4
+    schedule: str = "step"  # step | cosine
+    lr_step: int = 200_000  # iterations between halvings (schedule: step)
+    lr_gamma: float = 0.5
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    validation_set: str = "bundled-test"
+    train_sets: tuple[str, ...] = ("bundled-train",)
+    samples_per_epoch: int = 16_000  # sampler epoch length (EDSR's 1000 batches of 16)
+    seed: int = 0
+    ema_decay: float = 0.0  # 0: no EMA of the weights
+    mixed_precision: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    num_workers: int = 0
+    temperature_start: float = 1.0  # (S6) Gumbel-sigmoid tau, annealed geometrically
+    temperature_end: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "patch_size", "validate_every", "checkpoint_every", "samples_per_epoch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"train.schedule: {self.schedule!r} is not 'step' or 'cosine'")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if self.samples_per_epoch < self.batch_size:
+            raise ValueError(f"train.samples_per_epoch ({self.samples_per_epoch}) is smaller than train.batch_size "
+                             f"({self.batch_size})")
+        if not 0 < self.temperature_end <= self.temperature_start:
+            raise ValueError("train.temperature_end must be in (0, temperature_start]")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Insertion-location search (spec section 4)."""
+
+    iterations: int = 300
+    warmup_fraction: float = 0.25  # first part of the search trains the weights only (alphas see O_j != 0)
+    arch_learning_rate: float = 0.05  # SGD with momentum: steps keep the FLOPs weighting of (S9)
+    cost_weight: float = 0.5  # (S9) lambda_a
+    threshold: float = 0.5  # keep locations with sigmoid(alpha) above it
+    max_modules: int = 0  # > 0: keep the top-M locations instead
+    candidate_every: int = 1  # G: a candidate location after every G blocks
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.candidate_every < 1 or self.max_modules < 0:
+            raise ValueError("search.iterations and search.candidate_every must be >= 1, search.max_modules >= 0")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"search.threshold must be in (0, 1), got {self.threshold}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"search.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "smoke"
     data: DataConfig = field(default_factory=DataConfig)
     classical: ClassicalConfig = field(default_factory=ClassicalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

@@ -105,6 +105,7 @@ class RestorationNet(nn.Module):
         locations: Sequence[int] = (),
         references: dict[int, list[int]] | None = None,
         attention_options: dict | None = None,
+        search: bool = False,
     ) -> None:
         super().__init__()
         if task not in TASK_KINDS:
@@ -133,6 +134,9 @@ class RestorationNet(nn.Module):
              for location, refs in self.references.items()}
         )
         self.needed_layers = {j for refs in self.references.values() for j in refs}
+        # Search (spec section 4): one architecture parameter per location; block output F + sigmoid(alpha) O.
+        self.alpha = nn.Parameter(torch.zeros(len(self.references))) if search else None
+        self.alpha_index = {location: index for index, location in enumerate(sorted(self.references))}
 
     def attention_modules(self) -> list[nn.Module]:
         return list(self.attention.values())
@@ -150,7 +154,10 @@ class RestorationNet(nn.Module):
                 layers[index] = features
             module = self.attention[str(index)] if str(index) in self.attention else None
             if module is not None:
-                features = features + module(features, [layers[j] for j in self.references[index]])
+                residual = module(features, [layers[j] for j in self.references[index]])
+                if self.alpha is not None:
+                    residual = torch.sigmoid(self.alpha[self.alpha_index[index]]) * residual
+                features = features + residual
         features = self.body_end(features) + head
         out = self.tail(features)
         if self.mean_shift:
@@ -169,14 +176,16 @@ def build_model(
     references: dict[int, list[int]] | None = None,
     num_blocks: int | None = None,
     channels: int | None = None,
+    search: bool = False,
     **attention_options,
 ) -> RestorationNet:
     """A task backbone by name, with ``attention`` inserted at ``insert``.
 
     ``backbone``: ``edsr-baseline`` (16 x 64, res_scale 1), ``edsr`` (32 x 256, res_scale 0.1) or
     ``tiny`` (8 x 32, the smoke preset); ``num_blocks``/``channels`` override the preset.
-    ``color``: ``rgb`` or ``gray`` input/output. Remaining keyword arguments go to the attention
-    modules (``num_keys``, ``logits``, ``budget_weight``, ...).
+    ``color``: ``rgb`` or ``gray`` input/output. ``search=True`` adds the architecture parameters
+    ``alpha`` (one per location) of the insertion search. Remaining keyword arguments go to the
+    attention modules (``num_keys``, ``logits``, ``budget_weight``, ...).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
@@ -194,5 +203,5 @@ def build_model(
     return RestorationNet(
         task=task, num_blocks=num_blocks, channels=channels or size.channels, res_scale=size.res_scale,
         scale=scale, in_channels=3 if color == "rgb" else 1, attention=attention, locations=locations,
-        references=references, attention_options=attention_options,
+        references=references, attention_options=attention_options, search=search,
     )

@@ -1,0 +1,422 @@
+"""The training engine: one entry point for a laptop, one GPU, or ``torchrun`` on several.
+
+``train(spec, config, out_dir)`` trains ``spec`` (what ``build_model`` needs) on ``config.train``:
+L1 loss plus the ACLA key budget (S8), Adam, step or cosine schedule, validation every N iterations
+on a named set with the task's metric, ``last.pt``/``best.pt`` checkpoints written atomically, dvclive
+metrics, a tqdm bar. Under ``torchrun`` it wraps the model in DistributedDataParallel (NCCL on GPU,
+gloo on CPU), splits every global batch over the ranks with a DistributedSampler, validates each image
+on exactly one rank and reduces the sums, and only rank 0 writes.
+
+Samples depend only on (seed, epoch, index), and checkpoints hold every RNG state, so a run resumed
+from its last checkpoint continues bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from acla.config import Config, ModelConfig, TrainConfig
+from acla.data import PatchDataset, open_set
+from acla.data.sets import ImageSet
+from acla.degradations import image_seed
+from acla.files import atomic_open
+from acla.images import to_image, to_tensor
+from acla.models import build_model
+from acla.models.attention import AttentionBase
+from acla.models.backbones import RestorationNet
+from acla.tasks import Task, parse_task
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, or made for another architecture or config."""
+
+
+# --------------------------------------------------------------------------------------------
+# What is trained
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything ``build_model`` needs; stored in checkpoints and in a search's ``arch.json``."""
+
+    task: str  # a task name: sr_x2, denoise_color_s30, demosaic, jpeg_q20, ...
+    backbone: str
+    attention: str = "none"
+    insert: str | tuple[int, ...] = "none"
+    references: dict[int, list[int]] | None = None
+    num_keys: int = 9
+    logits: str = "predicted"
+    key_budget_weight: float = 0.0
+
+    @classmethod
+    def from_config(cls, task: str, model: ModelConfig) -> ModelSpec:
+        parse_task(task)
+        return cls(task, model.backbone, model.attention, model.insert if model.attention != "none" else "none",
+                   None, model.num_keys, model.logits, model.key_budget_weight)
+
+    @classmethod
+    def from_arch(cls, path: str | Path) -> ModelSpec:
+        """Read back the ``arch.json`` a search derived."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"architecture file {path} not found (run `python -m acla search` first)")
+        description = json.loads(path.read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        spec = {key: value for key, value in description.items() if key in names}
+        spec["insert"] = tuple(spec.get("insert", ()))
+        if spec.get("references") is not None:
+            spec["references"] = {int(key): list(value) for key, value in spec["references"].items()}
+        return cls(**spec)
+
+    def as_dict(self) -> dict:
+        description = dataclasses.asdict(self)
+        if isinstance(self.insert, tuple):
+            description["insert"] = list(self.insert)
+        return description
+
+    def attention_options(self) -> dict:
+        if self.attention in ("cla", "acla"):
+            options = {"num_keys": self.num_keys, "logits": self.logits}
+            return options | ({"budget_weight": self.key_budget_weight} if self.attention == "acla" else {})
+        return {"logits": "dot"} if self.attention == "cla-dense" else {}
+
+    def build(self, *, search: bool = False) -> RestorationNet:
+        task = parse_task(self.task)
+        insert = list(self.insert) if isinstance(self.insert, tuple) else self.insert
+        return build_model(task.kind, self.backbone, self.attention, insert if self.attention != "none" else "none",
+                           task.scale, color=task.color, references=self.references, search=search,
+                           **self.attention_options())
+
+
+def config_hash(spec: ModelSpec, train: TrainConfig) -> str:
+    text = json.dumps({"model": spec.as_dict(), "train": dataclasses.asdict(train)}, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed context
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls) -> Distributed:
+        """Single process, or the process group ``torchrun`` describes in the environment."""
+        cuda = torch.cuda.is_available()
+        if "RANK" not in os.environ:
+            return cls(device=torch.device("cuda" if cuda else "cpu"))
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        return cls(dist.get_rank(), dist.get_world_size(), device)
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Temporary file, fsync, rename: a crash leaves the previous checkpoint intact."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict) or "model" not in state or "architecture" not in state:
+        raise CheckpointError(f"checkpoint {path} lacks the model or its architecture description")
+    return state
+
+
+def differing_keys(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}: checkpoint {a!r} != now {b!r}")
+    return keys
+
+
+def load_weights(model: torch.nn.Module, state: dict, spec: ModelSpec, path: Path) -> None:
+    if state["architecture"] != spec.as_dict():
+        raise CheckpointError(f"checkpoint {path} is for another architecture: "
+                              + "; ".join(differing_keys(state["architecture"], spec.as_dict())))
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {error}") from error
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the loop
+# --------------------------------------------------------------------------------------------
+def attention_modules(model: torch.nn.Module) -> list[AttentionBase]:
+    return [module for module in model.modules() if isinstance(module, AttentionBase)]
+
+
+def temperature(iteration: int, config: TrainConfig) -> float:
+    """(S6) tau from temperature_start to temperature_end, geometrically over the run."""
+    progress = min(iteration / max(config.iterations - 1, 1), 1.0)
+    return config.temperature_start * (config.temperature_end / config.temperature_start) ** progress
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+
+
+def load_images(names: tuple[str, ...], data_root: Path | None, verify: bool) -> tuple[list[np.ndarray], list[str]]:
+    images, labels = [], []
+    for name in names:
+        image_set = open_set(name, data_root, verify=verify)
+        for image_name, image in image_set:
+            images.append(image)
+            labels.append(f"{name}/{image_name}")
+    return images, labels
+
+
+def batches(dataset: PatchDataset, sampler: DistributedSampler, per_rank_batch: int, start: int,
+            num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches from iteration ``start`` on, epoch after epoch; the position follows from the iteration."""
+    per_epoch = len(sampler) // per_rank_batch
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        indices = list(sampler)
+        chunks = [indices[i : i + per_rank_batch] for i in range(0, per_epoch * per_rank_batch, per_rank_batch)]
+        # A private generator: a DataLoader otherwise draws its base seed from the global RNG, which
+        # would shift the ACLA gate noise whenever an iterator starts mid-epoch (on resume).
+        loader = DataLoader(dataset, batch_sampler=chunks[offset:], num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(epoch))
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def network_input(task: Task, degraded: np.ndarray, channels: int) -> torch.Tensor:
+    tensor = to_tensor(degraded)
+    return tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 and channels == 3 else tensor
+
+
+def network_output(task: Task, output: torch.Tensor, target: np.ndarray) -> np.ndarray:
+    """Output tensor -> uint8 image shaped like the target (gray targets of RGB models: channel mean)."""
+    image = to_image(output)
+    if target.ndim == 2 and image.ndim == 3:
+        return to_image(output.mean(dim=0, keepdim=True))
+    return image
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: Distributed, seed: int,
+             forward=None) -> tuple[float, float]:
+    """Mean PSNR/SSIM over the set; image i is scored on rank i % world only, then sums are reduced."""
+    forward = forward or model
+    was_training = model.training
+    model.eval()
+    totals = [0.0, 0.0, 0.0]
+    channels = 3 if task.color == "rgb" else 1
+    for index in range(context.rank, len(image_set), context.world):
+        name = image_set.image_names()[index]
+        target = task.target(image_set.read(index), f"{image_set.name}/{name}")
+        degraded = task.degrade(target, np.random.default_rng(image_seed(seed, image_set.name, name, task.name)))
+        output = forward(network_input(task, degraded, channels)[None].to(context.device))[0]
+        psnr, ssim = task.score(network_output(task, output.float(), target), target)
+        totals = [totals[0] + psnr, totals[1] + ssim, totals[2] + 1]
+    model.train(was_training)
+    psnr_sum, ssim_sum, count = context.all_sum(totals)
+    return psnr_sum / count, ssim_sum / count
+
+
+class EMA:
+    """Exponential moving average of the weights, evaluated and saved beside them."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[name].lerp_(value, 1 - self.decay)
+            else:
+                self.shadow[name].copy_(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    best_psnr: float
+    last_psnr: float
+    last_ssim: float
+    iterations: int
+    checkpoint: Path
+
+
+def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Path | None = None,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``spec`` with ``config.train``; resume from ``out_dir/last.pt`` when asked."""
+    settings = config.train
+    out_dir = Path(out_dir)
+    context = Distributed.setup()
+    task = parse_task(spec.task)
+    if settings.batch_size % context.world:
+        raise ValueError(f"train.batch_size {settings.batch_size} is not divisible by the {context.world} ranks")
+    per_rank_batch = settings.batch_size // context.world
+
+    images, labels = load_images(settings.train_sets, data_root, config.data.verify)
+    dataset = PatchDataset(images, task, patch_size=settings.patch_size, length=settings.samples_per_epoch,
+                           seed=settings.seed, names=labels)
+    sampler = DistributedSampler(dataset, num_replicas=context.world, rank=context.rank, shuffle=True,
+                                 seed=settings.seed, drop_last=True)
+    if len(sampler) < per_rank_batch:
+        raise ValueError(f"train.batch_size {settings.batch_size} is larger than train.samples_per_epoch")
+    validation_set = open_set(settings.validation_set, data_root, verify=config.data.verify)
+
+    torch.manual_seed(settings.seed)
+    model = spec.build().to(context.device)
+    cuda = context.device.type == "cuda"
+    if cuda and settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = make_scheduler(optimizer, settings)
+    ema = EMA(model, settings.ema_decay) if settings.ema_decay else None
+    start, best_psnr = 0, -math.inf
+    digest = config_hash(spec, settings)
+    checkpoint_path = out_dir / "last.pt"
+    if resume:
+        state = load_checkpoint(checkpoint_path)
+        if state["config_hash"] != digest:
+            raise CheckpointError(f"{checkpoint_path} was made with another config: "
+                                  + "; ".join(differing_keys(state["config"], {"model": spec.as_dict(),
+                                                                                "train": dataclasses.asdict(settings)})))
+        load_weights(model, state, spec, checkpoint_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.shadow = state["ema"]
+        start, best_psnr = state["iteration"], state["best_psnr"]
+        set_rng_states(state["rng"])
+
+    network = DistributedDataParallel(model) if context.world > 1 else model
+    forward = torch.compile(network) if settings.compile else network
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and settings.mixed_precision else nullcontext()
+    live = None
+    if context.main:
+        from dvclive import Live
+
+        live = Live(str(out_dir / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        live.log_param("global_batch", settings.batch_size)
+        live.log_param("ranks", context.world)
+
+    def checkpoint_state(iteration: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.shadow if ema else None, "rng": rng_states(), "iteration": iteration,
+                "best_psnr": best_psnr, "architecture": spec.as_dict(), "config_hash": digest,
+                "config": {"model": spec.as_dict(), "train": dataclasses.asdict(settings)}}
+
+    last_psnr = last_ssim = float("nan")
+    stream = batches(dataset, sampler, per_rank_batch, start, settings.num_workers)
+    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations,
+               desc=f"train {spec.task} {spec.attention}", disable=not (progress and context.main))
+    for iteration in bar:
+        for module in attention_modules(model):
+            module.temperature = temperature(iteration, settings)
+        degraded, target = (tensor.to(context.device) for tensor in next(stream))
+        if cuda and settings.channels_last:
+            degraded = degraded.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            output = forward(degraded)
+            loss = F.l1_loss(output.float(), target)
+            budget = sum((module.budget_loss for module in attention_modules(model)), torch.zeros((), device=context.device))
+        optimizer.zero_grad(set_to_none=True)
+        (loss + budget).backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        done = iteration + 1
+        if done % settings.validate_every == 0 or done == settings.iterations:
+            last_psnr, last_ssim = validate(model, task, validation_set, context, settings.seed)
+            if live is not None:
+                live.log_metric("val/psnr", last_psnr)
+                live.log_metric("val/ssim", last_ssim)
+            if last_psnr > best_psnr:
+                best_psnr = last_psnr
+                if context.main:
+                    save_checkpoint(out_dir / "best.pt", checkpoint_state(done))
+        if live is not None:
+            live.log_metric("train/loss", loss.item())
+            live.log_metric("train/lr", scheduler.get_last_lr()[0])
+            open_keys = [float(m.open_keys) for m in attention_modules(model)]
+            if open_keys:
+                live.log_metric("train/open_keys", float(np.mean(open_keys)))
+            live.next_step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}")
+        if done % settings.checkpoint_every == 0 or done == settings.iterations:
+            if context.main:
+                save_checkpoint(checkpoint_path, checkpoint_state(done))
+            context.barrier()
+    if live is not None:
+        live.end()
+    return TrainResult(best_psnr, last_psnr, last_ssim, settings.iterations, checkpoint_path)
