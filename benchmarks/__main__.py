@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SCRIPTS = ("benchmarks.bench_attention", "benchmarks.bench_sampling", "benchmarks.bench_overhead")
+SCRIPTS = ("benchmarks.bench_attention", "benchmarks.bench_sampling", "benchmarks.bench_overhead",
+           "benchmarks.bench_training")
 
 
 def main() -> None:
