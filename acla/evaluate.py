@@ -127,8 +127,8 @@ def evaluate(model: torch.nn.Module, task_name: str, out_dir: str | Path, *, dat
         for index, (name, image) in enumerate(image_set):
             target = task.target(image, f"{set_name}/{name}")
             degraded = task.degrade(target, np.random.default_rng(image_seed(seed, set_name, name, task.name)))
-            output = inference.run(model, network_input(task, degraded, channels)[None].to(device), task.scale)[0]
-            restored = network_output(task, output.float(), target)
+            output = inference.run(model, network_input(degraded, channels)[None].to(device), task.scale)[0]
+            restored = network_output(output.float(), target)
             psnr, ssim = task.score(restored, target)
             rows.append({"task": task.name, "set": image_set.label, "image": name, "psnr": psnr, "ssim": ssim,
                          "self_ensemble": inference.self_ensemble})
@@ -152,7 +152,7 @@ def restore(model: torch.nn.Module, task_name: str, source: str | Path, destinat
     model = model.to(device).eval()
     degraded = read_image(source, "L" if task.color == "gray" else "RGB")
     channels = 3 if task.color == "rgb" else 1
-    output = inference.run(model, network_input(task, degraded, channels)[None].to(device), task.scale)[0]
-    restored = network_output(task, output.float(), degraded if task.color == "gray" else degraded)
+    output = inference.run(model, network_input(degraded, channels)[None].to(device), task.scale)[0]
+    restored = network_output(output.float(), degraded)
     save_png(Path(destination), restored)
     return restored

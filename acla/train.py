@@ -251,12 +251,13 @@ def batches(dataset: PatchDataset, sampler: DistributedSampler, per_rank_batch: 
         epoch, offset = epoch + 1, 0
 
 
-def network_input(task: Task, degraded: np.ndarray, channels: int) -> torch.Tensor:
+def network_input(degraded: np.ndarray, channels: int) -> torch.Tensor:
+    """uint8/float (H, W[, C]) image -> (C, H, W) tensor; gray inputs of an RGB model are replicated."""
     tensor = to_tensor(degraded)
     return tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 and channels == 3 else tensor
 
 
-def network_output(task: Task, output: torch.Tensor, target: np.ndarray) -> np.ndarray:
+def network_output(output: torch.Tensor, target: np.ndarray) -> np.ndarray:
     """Output tensor -> uint8 image shaped like the target (gray targets of RGB models: channel mean)."""
     image = to_image(output)
     if target.ndim == 2 and image.ndim == 3:
@@ -277,8 +278,8 @@ def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: D
         name = image_set.image_names()[index]
         target = task.target(image_set.read(index), f"{image_set.name}/{name}")
         degraded = task.degrade(target, np.random.default_rng(image_seed(seed, image_set.name, name, task.name)))
-        output = forward(network_input(task, degraded, channels)[None].to(context.device))[0]
-        psnr, ssim = task.score(network_output(task, output.float(), target), target)
+        output = forward(network_input(degraded, channels)[None].to(context.device))[0]
+        psnr, ssim = task.score(network_output(output.float(), target), target)
         totals = [totals[0] + psnr, totals[1] + ssim, totals[2] + 1]
     model.train(was_training)
     psnr_sum, ssim_sum, count = context.all_sum(totals)
