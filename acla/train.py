@@ -266,10 +266,9 @@ def network_output(output: torch.Tensor, target: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: Distributed, seed: int,
-             forward=None) -> tuple[float, float]:
+def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: Distributed,
+             seed: int) -> tuple[float, float]:
     """Mean PSNR/SSIM over the set; image i is scored on rank i % world only, then sums are reduced."""
-    forward = forward or model
     was_training = model.training
     model.eval()
     totals = [0.0, 0.0, 0.0]
@@ -278,7 +277,7 @@ def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: D
         name = image_set.image_names()[index]
         target = task.target(image_set.read(index), f"{image_set.name}/{name}")
         degraded = task.degrade(target, np.random.default_rng(image_seed(seed, image_set.name, name, task.name)))
-        output = forward(network_input(degraded, channels)[None].to(context.device))[0]
+        output = model(network_input(degraded, channels)[None].to(context.device))[0]
         psnr, ssim = task.score(network_output(output.float(), target), target)
         totals = [totals[0] + psnr, totals[1] + ssim, totals[2] + 1]
     model.train(was_training)
