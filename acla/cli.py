@@ -23,9 +23,7 @@ def model_from_checkpoint(path: str) -> tuple[torch.nn.Module, object]:
     from acla.train import ModelSpec, load_checkpoint, load_weights
 
     state = load_checkpoint(path)
-    description = dict(state["architecture"])
-    description["insert"] = tuple(description["insert"]) if isinstance(description["insert"], list) else description["insert"]
-    spec = ModelSpec(**description)
+    spec = ModelSpec.from_dict(state["architecture"])
     model = spec.build()
     load_weights(model, state, spec, Path(path))
     return model, spec

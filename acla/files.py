@@ -47,3 +47,13 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def atomic_save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG through a temporary file, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
+    os.replace(temporary, path)
+    return path

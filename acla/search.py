@@ -27,7 +27,7 @@ from tqdm import tqdm
 from acla.config import Config
 from acla.data import PatchDataset
 from acla.efficiency import count_flops
-from acla.files import atomic_write_text
+from acla.files import atomic_save_figure, atomic_write_text
 from acla.models.backbones import BACKBONES, RestorationNet
 from acla.tasks import parse_task
 from acla.train import ModelSpec, attention_modules, load_images, temperature
@@ -168,8 +168,5 @@ def plot_trajectory(frame: pd.DataFrame, threshold: float, path: Path) -> None:
     sns.lineplot(data=long, x="iteration", y="sigmoid(alpha)", hue="location", ax=axis)
     axis.axhline(threshold, color="gray", linestyle="--", linewidth=1)
     axis.set(ylim=(0, 1), title="Insertion search: architecture weights")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=110, bbox_inches="tight")
+    atomic_save_figure(figure, path, dpi=110)
     plt.close(figure)
-    temporary.replace(path)

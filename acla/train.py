@@ -71,18 +71,23 @@ class ModelSpec:
                    None, model.num_keys, model.logits, model.key_budget_weight)
 
     @classmethod
+    def from_dict(cls, description: dict) -> ModelSpec:
+        """The inverse of ``as_dict`` (JSON turns the insert tuple into a list and int keys into strings)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        spec = {key: value for key, value in description.items() if key in names}
+        if isinstance(spec.get("insert"), list):
+            spec["insert"] = tuple(spec["insert"])
+        if spec.get("references") is not None:
+            spec["references"] = {int(key): list(value) for key, value in spec["references"].items()}
+        return cls(**spec)
+
+    @classmethod
     def from_arch(cls, path: str | Path) -> ModelSpec:
         """Read back the ``arch.json`` a search derived."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"architecture file {path} not found (run `python -m acla search` first)")
-        description = json.loads(path.read_text())
-        names = {f.name for f in dataclasses.fields(cls)}
-        spec = {key: value for key, value in description.items() if key in names}
-        spec["insert"] = tuple(spec.get("insert", ()))
-        if spec.get("references") is not None:
-            spec["references"] = {int(key): list(value) for key, value in spec["references"].items()}
-        return cls(**spec)
+        return cls.from_dict(json.loads(path.read_text()))
 
     def as_dict(self) -> dict:
         description = dataclasses.asdict(self)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from acla.efficiency import median_seconds, peak_memory_bytes
-from acla.files import atomic_write_text
+from acla.files import atomic_save_figure, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "benchmarks"
 
@@ -57,9 +57,4 @@ def write_csv(frame: pd.DataFrame, name: str) -> Path:
 
 
 def save_figure(figure, name: str) -> Path:
-    path = RESULTS / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120, bbox_inches="tight")
-    temporary.replace(path)
-    return path
+    return atomic_save_figure(figure, RESULTS / name)
