@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from acla.config import ClassicalConfig, ConfigError, load_config
 from acla.data.sets import SETS, DataError, ImageSet, available_sets, open_set, resolve_data_root
-from acla.degradations import image_seed
 from acla.files import atomic_write_text
 from acla.tasks import Task
 
@@ -68,9 +67,8 @@ def classical_rows(image_sets: list[ImageSet], config: ClassicalConfig, *, progr
             task_name, setting = task_columns(task)
             bar.set_postfix_str(f"{image_set.name} {task_name} {setting}")
             for image_name, image in image_set:
-                target = task.target(image, f"{image_set.name}/{image_name}")
-                rng = np.random.default_rng(image_seed(config.seed, image_set.name, image_name, task.name))
-                for method, output in task.classical(task.degrade(target, rng)).items():
+                target, degraded = task.benchmark_pair(image, image_set.name, image_name, config.seed)
+                for method, output in task.classical(degraded).items():
                     scores.setdefault((task_name, image_set.label, setting, method), []).append(task.score(output, target))
                 bar.update()
     rows = [

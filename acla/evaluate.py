@@ -21,11 +21,10 @@ from PIL import Image
 
 from acla.data import open_set
 from acla.data.sets import SETS, available_sets
-from acla.degradations import image_seed
 from acla.files import atomic_open, atomic_write_text
 from acla.images import read_image
 from acla.tasks import Task, parse_task
-from acla.train import network_input, network_output
+from acla.train import restore_image
 
 # The benchmarks of each task kind, in the literature's order (spec section 6, setup.md).
 TEST_SETS = {
@@ -125,10 +124,8 @@ def evaluate(model: torch.nn.Module, task_name: str, out_dir: str | Path, *, dat
     for set_name in sets or test_sets(task, data_root):
         image_set = open_set(set_name, data_root, verify=verify)
         for index, (name, image) in enumerate(image_set):
-            target = task.target(image, f"{set_name}/{name}")
-            degraded = task.degrade(target, np.random.default_rng(image_seed(seed, set_name, name, task.name)))
-            output = inference.run(model, network_input(degraded, channels)[None].to(device), task.scale)[0]
-            restored = network_output(output.float(), target)
+            target, degraded = task.benchmark_pair(image, set_name, name, seed)
+            restored = restore_image(lambda x: inference.run(model, x, task.scale), degraded, target, channels, device)
             psnr, ssim = task.score(restored, target)
             rows.append({"task": task.name, "set": image_set.label, "image": name, "psnr": psnr, "ssim": ssim,
                          "self_ensemble": inference.self_ensemble})
@@ -152,7 +149,6 @@ def restore(model: torch.nn.Module, task_name: str, source: str | Path, destinat
     model = model.to(device).eval()
     degraded = read_image(source, "L" if task.color == "gray" else "RGB")
     channels = 3 if task.color == "rgb" else 1
-    output = inference.run(model, network_input(degraded, channels)[None].to(device), task.scale)[0]
-    restored = network_output(output.float(), degraded)
+    restored = restore_image(lambda x: inference.run(model, x, task.scale), degraded, degraded, channels, device)
     save_png(Path(destination), restored)
     return restored

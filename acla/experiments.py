@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from acla.classical import ClassicalConfig, classical_rows
 from acla.config import Config, load_config
 from acla.data import open_set
 from acla.data.sets import resolve_data_root
@@ -53,16 +53,16 @@ def chain(task: str, config: Config, out: Path, data_root: Path | None) -> dict:
 
 
 def degraded_baseline(task: str, config: Config, data_root: Path | None) -> tuple[float, float]:
-    """The classical row (bicubic / noisy / mosaic / JPEG input) on the validation set, same seeds."""
+    """The task's classical row on the validation set with the same seeds (bicubic, noisy input, bilinear
+    demosaic or JPEG input: the last classical method of the task)."""
     task_object = parse_task(task)
     image_set = open_set(config.train.validation_set, data_root, verify=config.data.verify)
-    classical = ClassicalConfig(scales=(task_object.scale,) if task_object.kind == "sr" else (2,),
-                                sigmas=(task_object.sigma,), qualities=(task_object.quality or 10,),
-                                seed=config.train.seed)
-    rows = classical_rows([image_set], classical, progress=False)
-    kind = "sr" if task_object.kind == "sr" else task_object.kind
-    row = rows[rows["task"].str.startswith(kind)].iloc[-1]
-    return float(row["psnr"]), float(row["ssim"])
+    scores = []
+    for name, image in image_set:
+        target, degraded = task_object.benchmark_pair(image, image_set.name, name, config.train.seed)
+        scores.append(task_object.score(list(task_object.classical(degraded).values())[-1], target))
+    psnr, ssim = np.mean(scores, axis=0)
+    return float(psnr), float(ssim)
 
 
 def seeds(task: str, config: Config, out: Path, data_root: Path | None, seed_list: list[int], insert) -> pd.DataFrame:

@@ -99,11 +99,12 @@ def search(task_name: str, config: Config, out_dir: str | Path, *, data_root: Pa
     warmup = int(settings.warmup_fraction * settings.iterations)
     trajectory = []
     model.train()
+    modules = attention_modules(model)
     for iteration in tqdm(range(settings.iterations), desc=f"search {task_name}", disable=not progress):
-        for module in attention_modules(model):
+        for module in modules:
             module.temperature = temperature(iteration, replace(training, iterations=settings.iterations))
         degraded, target = next(stream_a)  # weights on split A
-        loss = F.l1_loss(model(degraded), target) + sum(m.budget_loss for m in attention_modules(model))
+        loss = F.l1_loss(model(degraded), target) + sum(m.budget_loss for m in modules)
         weight_optimizer.zero_grad(set_to_none=True)
         alpha_optimizer.zero_grad(set_to_none=True)
         loss.backward()

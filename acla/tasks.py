@@ -79,6 +79,13 @@ class Task:
             raise ValueError(f"{source}: task {self.name} needs a colour image, got a gray (H, W) one")
         return degradations.modcrop(image, self.scale) if self.kind == "sr" else image
 
+    def benchmark_pair(self, image: np.ndarray, set_name: str, image_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(target, degraded) of a benchmark image; the noise seed depends on (seed, set, image, task) only,
+        so classical rows, validation and evaluation all see the same degraded inputs."""
+        target = self.target(image, f"{set_name}/{image_name}")
+        rng = np.random.default_rng(degradations.image_seed(seed, set_name, image_name, self.name))
+        return target, self.degrade(target, rng)
+
     def degrade(self, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The network input for ``target``: uint8, except denoising's real-valued noisy image."""
         if self.kind == "sr":

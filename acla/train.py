@@ -35,7 +35,6 @@ from tqdm import tqdm
 from acla.config import Config, ModelConfig, TrainConfig
 from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
-from acla.degradations import image_seed
 from acla.files import atomic_open
 from acla.images import to_image, to_tensor
 from acla.models import build_model
@@ -262,6 +261,12 @@ def network_input(degraded: np.ndarray, channels: int) -> torch.Tensor:
     return tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 and channels == 3 else tensor
 
 
+def restore_image(forward, degraded: np.ndarray, target: np.ndarray, channels: int, device: torch.device) -> np.ndarray:
+    """Run ``forward`` on one degraded image and return the uint8 restoration shaped like ``target``."""
+    output = forward(network_input(degraded, channels)[None].to(device))[0]
+    return network_output(output.float(), target)
+
+
 def network_output(output: torch.Tensor, target: np.ndarray) -> np.ndarray:
     """Output tensor -> uint8 image shaped like the target (gray targets of RGB models: channel mean)."""
     image = to_image(output)
@@ -279,11 +284,8 @@ def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: D
     totals = [0.0, 0.0, 0.0]
     channels = 3 if task.color == "rgb" else 1
     for index in range(context.rank, len(image_set), context.world):
-        name = image_set.image_names()[index]
-        target = task.target(image_set.read(index), f"{image_set.name}/{name}")
-        degraded = task.degrade(target, np.random.default_rng(image_seed(seed, image_set.name, name, task.name)))
-        output = model(network_input(degraded, channels)[None].to(context.device))[0]
-        psnr, ssim = task.score(network_output(output.float(), target), target)
+        target, degraded = task.benchmark_pair(image_set.read(index), image_set.name, image_set.image_names()[index], seed)
+        psnr, ssim = task.score(restore_image(model, degraded, target, channels, context.device), target)
         totals = [totals[0] + psnr, totals[1] + ssim, totals[2] + 1]
     model.train(was_training)
     psnr_sum, ssim_sum, count = context.all_sum(totals)
@@ -384,8 +386,9 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     stream = batches(dataset, sampler, per_rank_batch, start, settings.num_workers)
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations,
                desc=f"train {spec.task} {spec.attention}", disable=not (progress and context.main))
+    modules = attention_modules(model)
     for iteration in bar:
-        for module in attention_modules(model):
+        for module in modules:
             module.temperature = temperature(iteration, settings)
         degraded, target = (tensor.to(context.device) for tensor in next(stream))
         if cuda and settings.channels_last:
@@ -393,7 +396,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         with autocast:
             output = forward(degraded)
             loss = F.l1_loss(output.float(), target)
-            budget = sum((module.budget_loss for module in attention_modules(model)), torch.zeros((), device=context.device))
+            budget = sum((module.budget_loss for module in modules), torch.zeros((), device=context.device))
         optimizer.zero_grad(set_to_none=True)
         (loss + budget).backward()
         optimizer.step()
@@ -413,7 +416,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         if live is not None:
             live.log_metric("train/loss", loss.item())
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
-            open_keys = [float(m.open_keys) for m in attention_modules(model)]
+            open_keys = [float(m.open_keys) for m in modules]
             if open_keys:
                 live.log_metric("train/open_keys", float(np.mean(open_keys)))
             live.next_step()
