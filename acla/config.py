@@ -1,8 +1,15 @@
 """``params.yaml`` -> frozen, validated dataclasses.
 
-The file has one section per concern plus ``profile`` (which profile is active) and ``profiles``
-(per-profile overrides, deep-merged over the sections). A key that is unknown, a value of the
-wrong type or an unknown profile stops loading with an error that names the key.
+The file holds ``profile`` (which profile is active), ``data``, ``classical``, ``defaults`` (the model,
+training, search, evaluation, ablation and efficiency settings every task starts from) and ``tasks``
+(one section per task: ``sr``, ``denoise``, ``demosaic``, ``jpeg``, each listing its ``settings`` and
+overriding any default). Any section may carry ``profiles: {smoke: {...}, gpu: {...}, ...}``: the
+active profile's entry is merged over that section. For a task the order is: defaults, the task's own
+values, the defaults' profile entry, the task's profile entry (the most specific wins). Keeping the
+overrides inside the section they change lets DVC re-run only that task when they change.
+
+A key that is unknown, a value of the wrong type, an unknown profile or a missing task stops
+loading with an error that names the key.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("smoke", "gpu", "paper")
+# ci: the size the notebooks default to, so nbval runs each in seconds; smoke: the default study (CPU,
+# minutes); gpu: one GPU, about an hour a task; paper: the schedule of spec.md section 6.
+PROFILES = ("smoke", "gpu", "paper", "ci")
+TASKS = ("sr", "denoise", "demosaic", "jpeg")
 
 
 class ConfigError(ValueError):
@@ -146,13 +156,115 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """Scoring on the test sets (and the crop that validation during training shares)."""
+
+    test_sets: tuple[str, ...] = ()  # empty: the task's benchmarks in the data root (bundled-test without one)
+    crop: int = 0  # > 0: centre-crop every validation/test image to this side first (keeps smoke in minutes)
+    tile: int = 0  # > 0: tiled inference, tile side in network-input pixels
+    overlap: int = 16
+    self_ensemble: bool = False
+    saved_crops: int = 2  # output crops saved per test set for the visual comparison
+
+    def __post_init__(self) -> None:
+        for name in ("crop", "tile", "overlap", "saved_crops"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"evaluate.{name} must be >= 0, got {getattr(self, name)}")
+
+
+ABLATION_INSERTIONS = ("every", "four-stages", "random")
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Spec section 5 beside the headline pair (backbone, acla at the searched locations)."""
+
+    attentions: tuple[str, ...] = ("nonlocal", "cla")  # other modules at the searched locations
+    num_keys: tuple[int, ...] = (1, 4, 16)  # K sweep of acla at the searched locations
+    insertions: tuple[str, ...] = ABLATION_INSERTIONS  # acla elsewhere; random keeps the searched count
+    random_seed: int = 0
+
+    def __post_init__(self) -> None:
+        from acla.models import ATTENTIONS
+
+        for name in self.attentions:
+            if name not in ATTENTIONS or name in ("none", "acla"):
+                raise ValueError(f"ablation.attentions: {name!r} is not one of {[a for a in ATTENTIONS if a not in ('none', 'acla')]}")
+        for keys in self.num_keys:
+            if keys < 1:
+                raise ValueError(f"ablation.num_keys: {keys} must be >= 1")
+        for name in self.insertions:
+            if name not in ABLATION_INSERTIONS:
+                raise ValueError(f"ablation.insertions: {name!r} is not one of {ABLATION_INSERTIONS}")
+
+
+@dataclass(frozen=True)
+class EfficiencyConfig:
+    """Parameters, FLOPs, peak memory and latency of every variant at one input size."""
+
+    input_size: tuple[int, ...] = (180, 320)  # (H, W) of the network input (the LR image for SR)
+    repeats: int = 5
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or min(self.input_size) < 8:
+            raise ValueError(f"efficiency.input_size must be [H, W] with sides >= 8, got {list(self.input_size)}")
+        if self.repeats < 1:
+            raise ValueError(f"efficiency.repeats must be >= 1, got {self.repeats}")
+
+
+@dataclass(frozen=True)
 class Config:
+    """Everything one run (a search, a training, an evaluation) reads."""
+
     profile: str = "smoke"
     data: DataConfig = field(default_factory=DataConfig)
     classical: ClassicalConfig = field(default_factory=ClassicalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+@dataclass(frozen=True)
+class Sections:
+    """The per-task sections, as ``defaults`` gives them and each task overrides them."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
+
+
+@dataclass(frozen=True)
+class TaskConfig(Sections):
+    """One task of the study (sr, denoise, demosaic or jpeg), resolved for the active profile."""
+
+    settings: tuple[str, ...] = ()  # task names: sr_x2, denoise_color_s30, demosaic, jpeg_q20, ...
+
+
+@dataclass(frozen=True)
+class Study:
+    """The whole params file, resolved for one profile."""
+
+    profile: str
+    data: DataConfig
+    classical: ClassicalConfig
+    defaults: Sections
+    tasks: dict[str, TaskConfig]
+
+    def run_config(self, setting: str, task: TaskConfig | None = None) -> Config:
+        """The config of one run of ``setting`` (e.g. ``sr_x2``), from its task's section."""
+        task = task or self.tasks[task_of(setting)]
+        return Config(self.profile, self.data, self.classical, task.model, task.train, task.search, task.evaluate)
+
+
+def task_of(setting: str) -> str:
+    """``sr_x2`` -> ``sr``; refuses names that are not tasks."""
+    from acla.tasks import parse_task
+
+    return parse_task(setting).kind
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -204,23 +316,91 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
-    """Read ``path``, apply the active profile's overrides, validate."""
+def _split_profiles(section: Any, profile: str, where: str) -> tuple[Any, dict]:
+    """A section without its ``profiles`` key, and the active profile's entry of it ({} if none)."""
+    if not isinstance(section, dict) or "profiles" not in section:
+        return section, {}
+    section = dict(section)
+    profiles = section.pop("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{where}.profiles: expected a mapping of profile -> overrides, got {profiles!r}")
+    unknown = sorted(set(profiles) - set(PROFILES))
+    if unknown:
+        raise ConfigError(f"{where}.profiles: unknown profile(s) {unknown}; expected some of {list(PROFILES)}")
+    override = profiles.get(profile) or {}
+    if not isinstance(override, dict):
+        raise ConfigError(f"{where}.profiles.{profile}: expected a mapping, got {override!r}")
+    return section, override
+
+
+def _resolved(section: Any, profile: str, where: str) -> Any:
+    base, override = _split_profiles(section, profile, where)
+    return _merge(base, override) if override else base
+
+
+def _read(path: str | Path, profile: str | None) -> tuple[dict, str, Path]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} not found")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    profiles = raw.pop("profiles", {}) or {}
     profile = profile or raw.get("profile", "smoke")
     if profile not in PROFILES:
-        raise ConfigError(f"{path}: profile {profile!r} is unknown; expected one of {PROFILES}")
-    unknown_profiles = sorted(set(profiles) - set(PROFILES))
-    if unknown_profiles:
-        raise ConfigError(f"{path}: profiles has unknown profile(s) {unknown_profiles}; expected {PROFILES}")
-    raw["profile"] = profile
+        raise ConfigError(f"{path}: profile {profile!r} is unknown; expected one of {list(PROFILES)}")
+    unknown = sorted(set(raw) - {"profile", "data", "classical", "defaults", "tasks"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; expected some of ['classical', 'data', 'defaults', "
+                          "'profile', 'tasks']")
+    return raw, profile, path
+
+
+def load_study(path: str | Path = "params.yaml", profile: str | None = None) -> Study:
+    """Read ``path`` and resolve every task for the active profile (or ``profile``), validating all."""
+    raw, profile, path = _read(path, profile)
     try:
-        return _build(Config, _merge(raw, profiles.get(profile) or {}), "")
+        data = _build(DataConfig, _resolved(raw.get("data") or {}, profile, "data"), "data")
+        classical = _build(ClassicalConfig, _resolved(raw.get("classical") or {}, profile, "classical"), "classical")
+        defaults, defaults_override = _split_profiles(raw.get("defaults") or {}, profile, "defaults")
+        resolved_defaults = _build(Sections, _merge(defaults, defaults_override), "defaults")
+        tasks_raw = raw.get("tasks")
+        if not isinstance(tasks_raw, dict):
+            raise ConfigError(f"tasks: expected a mapping with the tasks {list(TASKS)}, got {tasks_raw!r}")
+        missing = [name for name in TASKS if name not in tasks_raw]
+        unknown = sorted(set(tasks_raw) - set(TASKS))
+        if missing or unknown:
+            raise ConfigError(f"tasks: missing task(s) {missing}, unknown task(s) {unknown}; expected exactly {list(TASKS)}")
+        tasks = {}
+        for name in TASKS:
+            own, own_override = _split_profiles(tasks_raw[name] or {}, profile, f"tasks.{name}")
+            merged = _merge(_merge(_merge(defaults, own), defaults_override), own_override)
+            task = _build(TaskConfig, merged, f"tasks.{name}")
+            if not task.settings:
+                raise ConfigError(f"tasks.{name}.settings: empty; list at least one setting (e.g. {_EXAMPLES[name]})")
+            for setting in task.settings:
+                try:
+                    kind = task_of(setting)
+                except ValueError as error:
+                    raise ConfigError(f"tasks.{name}.settings: {error}") from error
+                if kind != name:
+                    raise ConfigError(f"tasks.{name}.settings: {setting!r} is a {kind} setting, not {name}")
+            tasks[name] = task
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
+    return Study(profile, data, classical, resolved_defaults, tasks)
+
+
+_EXAMPLES = {"sr": "sr_x2", "denoise": "denoise_color_s30", "demosaic": "demosaic", "jpeg": "jpeg_q20"}
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None, task: str | None = None) -> Config:
+    """The config of one run: ``task`` (a setting such as ``sr_x2``) picks its task's section; without
+    it, the defaults (enough for the classical rows and the data)."""
+    study = load_study(path, profile)
+    if task is None:
+        base = study.defaults
+        return Config(study.profile, study.data, study.classical, base.model, base.train, base.search, base.evaluate)
+    try:
+        return study.run_config(task)
+    except ValueError as error:
+        raise ConfigError(f"--task: {error}") from error

@@ -110,11 +110,20 @@ def save_png(path: Path, image: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
+def centre(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` part of an image (the visual-comparison crop)."""
+    top, left = (max((side - size) // 2, 0) for side in image.shape[:2])
+    return image[top : top + size, left : left + size]
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task_name: str, out_dir: str | Path, *, data_root: Path | None = None,
              sets: list[str] | None = None, inference: Inference = Inference(), seed: int = 0, crops: int = 2,
-             crop_size: int = 96, verify: bool = True, device: str | torch.device = "cpu") -> pd.DataFrame:
-    """Score ``model`` on every test set of the task; writes ``per_image.csv``, ``mean.csv`` and crops."""
+             crop_size: int = 96, verify: bool = True, device: str | torch.device = "cpu", crop: int = 0) -> pd.DataFrame:
+    """Score ``model`` on every test set of the task; writes ``per_image.csv``, ``mean.csv`` and crops.
+
+    ``crop`` > 0 centre-crops every test image first (labelled in the set name); ``crops`` output
+    crops of ``crop_size`` are saved per set for the visual comparison."""
     task = parse_task(task_name)
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -122,7 +131,7 @@ def evaluate(model: torch.nn.Module, task_name: str, out_dir: str | Path, *, dat
     channels = 3 if task.color == "rgb" else 1
     rows = []
     for set_name in sets or test_sets(task, data_root):
-        image_set = open_set(set_name, data_root, verify=verify)
+        image_set = open_set(set_name, data_root, verify=verify, crop=crop)
         for index, (name, image) in enumerate(image_set):
             target, degraded = task.benchmark_pair(image, set_name, name, seed)
             restored = restore_image(lambda x: inference.run(model, x, task.scale), degraded, target, channels, device)
@@ -130,8 +139,7 @@ def evaluate(model: torch.nn.Module, task_name: str, out_dir: str | Path, *, dat
             rows.append({"task": task.name, "set": image_set.label, "image": name, "psnr": psnr, "ssim": ssim,
                          "self_ensemble": inference.self_ensemble})
             if index < crops:
-                top, left = (max((size - crop_size) // 2, 0) for size in restored.shape[:2])
-                save_png(out_dir / "crops" / f"{set_name}_{name}.png", restored[top : top + crop_size, left : left + crop_size])
+                save_png(out_dir / "crops" / f"{set_name}_{name}.png", centre(restored, crop_size))
     per_image = pd.DataFrame(rows)
     mean = per_image.groupby(["task", "set", "self_ensemble"], sort=False).agg(
         psnr=("psnr", "mean"), ssim=("ssim", "mean"), n_images=("image", "count")).reset_index()

@@ -9,6 +9,7 @@ full-set published number.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -101,6 +102,215 @@ def render_smoke(folder: Path, out_md: Path) -> None:
                      f"{row.ssim_std:.5f} | {row.classical_psnr:.4f} | {row.delta_vs_classical_db:+.4f} | "
                      f"{row.seconds_mean:.0f} |")
     atomic_write_text(out_md, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# The study's tables and front page
+# --------------------------------------------------------------------------------------------
+PAPER_KEY = ["setting", "method", "set"]
+BACKBONE_NAMES = {"tiny": "tiny EDSR (8x32)", "edsr-baseline": "EDSR-baseline", "edsr": "EDSR"}
+
+
+def _normalise(text: str) -> str:
+    """Method/set names compared without case, spaces, dashes or plus signs ("EDSR-baseline + ACLA")."""
+    return "".join(ch for ch in str(text).lower() if ch.isalnum())
+
+
+def read_paper_tables(folder: Path | None) -> tuple[pd.DataFrame, list[str]]:
+    """Rows (setting, method, set, psnr, ssim, source) of every paper-table CSV in ``folder``.
+
+    A CSV is read when it has the columns ``setting`` (``sr_x2``, ``denoise_color_s30``, ...), ``method``,
+    ``set`` and ``psnr`` and/or ``ssim`` ("—" or empty for a blank). Other CSVs are listed in the notes,
+    never guessed at. A missing folder or no CSV gives an empty frame: every paper cell is then "n/a".
+    """
+    columns = PAPER_KEY + ["psnr", "ssim", "source"]
+    notes: list[str] = []
+    frames = []
+    for path in sorted(folder.glob("*.csv")) if folder and folder.is_dir() else []:
+        frame = pd.read_csv(path, na_values=["—", "-", ""], keep_default_na=True)
+        frame.columns = [str(c).strip().lower() for c in frame.columns]
+        if not set(PAPER_KEY) <= set(frame.columns) or not {"psnr", "ssim"} & set(frame.columns):
+            notes.append(f"{path.name}: not read (columns {list(frame.columns)}; expected setting, method, set, psnr/ssim)")
+            continue
+        for column in ("psnr", "ssim"):
+            frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+        frames.append(frame.assign(source=path.name)[columns])
+        notes.append(f"{path.name}: {len(frame)} rows read")
+    paper = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return paper, notes
+
+
+def method_label(method: str, backbone: str) -> str:
+    """Display name of a row of the task tables: classical methods keep theirs; networks name the backbone."""
+    name = BACKBONE_NAMES.get(backbone, backbone)
+    return {"backbone": name, "acla": f"{name} + ACLA"}.get(method, method)
+
+
+def _provenance(task_dir: Path, step: str) -> dict:
+    path = task_dir / step / "provenance.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def task_table(task_dir: Path, paper: pd.DataFrame) -> pd.DataFrame:
+    """One task's rows (setting x method x test set) with paper, ours, delta, profile and stage columns."""
+    from acla.classical import task_columns
+    from acla.tasks import parse_task
+
+    scores = pd.read_csv(task_dir / "evaluate" / "scores.csv")
+    info = _provenance(task_dir, "evaluate")
+    backbone = info.get("model", {}).get("backbone", "?")
+    published = published_classical()
+    rows = []
+    for row in scores.itertuples(index=False):
+        label = method_label(row.method, backbone)
+        match = paper[(paper.setting == row.setting) & (paper.set.map(_normalise) == _normalise(row.set))
+                      & (paper.method.map(_normalise) == _normalise(label))]
+        paper_psnr = paper_ssim = float("nan")
+        source = ""
+        if len(match):
+            paper_psnr, paper_ssim, source = match.psnr.iloc[0], match.ssim.iloc[0], match.source.iloc[0]
+        elif row.method not in ("backbone", "acla"):
+            kind, short = task_columns(parse_task(row.setting))
+            known = published[(published.task == kind) & (published.setting == short) & (published.set == row.set)
+                              & (published.method == row.method)]
+            if len(known):
+                paper_psnr, paper_ssim, source = known.psnr.iloc[0], known.ssim.iloc[0], "published classical row"
+        stage = f"evaluate@{task_dir.name}" + (" (classical method)" if row.method not in ("backbone", "acla") else "")
+        rows.append({"setting": row.setting, "set": row.set, "method": label, "n_images": row.n_images,
+                     "paper_psnr": paper_psnr, "ours_psnr": row.psnr, "delta_psnr": row.psnr - paper_psnr,
+                     "paper_ssim": paper_ssim, "ours_ssim": row.ssim, "delta_ssim": row.ssim - paper_ssim,
+                     "profile": info.get("profile", "?"), "device": info.get("device", "?"), "stage": stage,
+                     "paper_source": source or "n/a"})
+    return pd.DataFrame(rows)
+
+
+def headline(task_dir: Path) -> pd.DataFrame:
+    """Backbone vs +ACLA at equal training budget, per setting and test set, with the delta (either sign)."""
+    scores = pd.read_csv(task_dir / "evaluate" / "scores.csv")
+    networks = scores[scores.method.isin(["backbone", "acla"])]
+    if networks.empty:
+        return pd.DataFrame()
+    wide = networks.pivot_table(index=["setting", "set"], columns="method", values=["psnr", "ssim"]).reset_index()
+    wide.columns = ["_".join(c).strip("_") for c in wide.columns]
+    classical = scores[~scores.method.isin(["backbone", "acla"])].groupby(["setting", "set"]).last().reset_index()
+    wide = wide.merge(classical[["setting", "set", "method", "psnr"]].rename(
+        columns={"method": "classical", "psnr": "classical_psnr"}), on=["setting", "set"], how="left")
+    if "psnr_acla" in wide:
+        wide["delta_psnr"] = wide["psnr_acla"] - wide["psnr_backbone"]
+        wide["delta_ssim"] = wide["ssim_acla"] - wide["ssim_backbone"]
+    runs = pd.read_csv(task_dir / "retrain" / "runs.csv")
+    wide["iterations"] = runs.iterations.iloc[0]
+    return wide
+
+
+def _fmt(value: object, digits: int = 4, signed: bool = False) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown(frame: pd.DataFrame, columns: dict[str, tuple[str, int, bool]]) -> str:
+    """A Markdown table of ``frame``: column -> (header, digits, signed)."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns.values()) + " |", "|" + "---|" * len(columns)]
+    for record in frame.to_dict(orient="records"):
+        lines.append("| " + " | ".join(_fmt(record.get(c), d, sign) for c, (_, d, sign) in columns.items()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TASK_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, False), "method": ("method", 0, False),
+                "n_images": ("images", 0, False), "paper_psnr": ("PSNR paper", 2, False),
+                "ours_psnr": ("PSNR ours", 4, False), "delta_psnr": ("Δ PSNR", 4, True),
+                "paper_ssim": ("SSIM paper", 4, False), "ours_ssim": ("SSIM ours", 4, False),
+                "delta_ssim": ("Δ SSIM", 4, True), "profile": ("profile", 0, False), "stage": ("stage", 0, False)}
+HEADLINE_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, False),
+                    "classical": ("classical", 0, False), "classical_psnr": ("classical PSNR", 4, False),
+                    "psnr_backbone": ("backbone PSNR", 4, False), "psnr_acla": ("+ACLA PSNR", 4, False),
+                    "delta_psnr": ("Δ (ACLA − backbone)", 4, True), "ssim_backbone": ("backbone SSIM", 4, False),
+                    "ssim_acla": ("+ACLA SSIM", 4, False), "delta_ssim": ("Δ SSIM", 4, True),
+                    "iterations": ("iterations each", 0, False)}
+ABLATION_COLUMNS = {"setting": ("setting", 0, False), "variant": ("variant", 0, False),
+                    "insert": ("after blocks", 0, False), "num_keys": ("K", 0, False),
+                    "params": ("params", 0, False), "gflops": ("GFLOPs", 3, False), "latency_ms": ("latency ms", 1, False),
+                    "val_psnr": ("val PSNR", 4, False), "delta_vs_backbone": ("Δ vs backbone", 4, True),
+                    "val_ssim": ("val SSIM", 4, False), "iterations": ("iterations", 0, False),
+                    "val_set": ("val set", 0, False)}
+
+
+def ablation_table(task_dir: Path) -> pd.DataFrame:
+    ablation = pd.read_csv(task_dir / "ablation" / "ablation.csv")
+    efficiency_csv = task_dir / "efficiency" / "efficiency.csv"
+    if efficiency_csv.is_file():
+        efficiency = pd.read_csv(efficiency_csv)[["setting", "variant", "flops", "latency_s", "input", "device"]]
+        ablation = ablation.merge(efficiency, on=["setting", "variant"], how="left")
+        ablation["gflops"] = ablation.flops / 1e9
+        ablation["latency_ms"] = ablation.latency_s * 1e3
+    backbone = ablation[ablation.variant == "backbone"].set_index("setting").val_psnr
+    ablation["delta_vs_backbone"] = ablation.val_psnr - ablation.setting.map(backbone)
+    ablation["num_keys"] = ablation.num_keys.map(lambda k: "" if pd.isna(k) else str(int(k)))
+    return ablation
+
+
+def render_study(study: Path, tables: Path, figures: Path, readme: Path, paper_tables: Path | None,
+                 classical_md: Path | None = None) -> dict:
+    """Every task's tables (CSV + Markdown), the figures, and the front page ``readme``."""
+    from acla import figures as draw
+
+    paper, notes = read_paper_tables(paper_tables)
+    tasks = [d for d in sorted(study.iterdir()) if (d / "evaluate" / "scores.csv").is_file()] if study.is_dir() else []
+    sections = []
+    drawn = {
+        "alpha trajectories": draw.alpha_trajectories(study, figures / "alpha_trajectories.png"),
+        "insertion map": draw.insertion_map(study, figures / "insertion_map.png"),
+        "open keys per query": draw.open_key_distribution(study, figures / "open_keys.png"),
+        "training curves": draw.training_curves(study, figures / "training_curves.png"),
+        "accuracy vs params/FLOPs": draw.accuracy_vs_cost(study, figures / "accuracy_vs_cost.png"),
+        "sampled keys of the retrained SR model (01_module)": draw.sampled_keys(study / "sr" / "module",
+                                                                                figures / "module_keys.png"),
+    }
+    for task_dir in tasks:
+        name = task_dir.name
+        table = task_table(task_dir, paper)
+        atomic_write_text(tables / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
+        atomic_write_text(tables / f"{name}.md", f"# {name}: test sets\n\n" + markdown(table, TASK_COLUMNS))
+        top = headline(task_dir)
+        parts = [f"## {name}\n", markdown(top, HEADLINE_COLUMNS) if len(top) else "(no network rows)\n"]
+        if (task_dir / "ablation" / "ablation.csv").is_file():
+            ablation = ablation_table(task_dir)
+            atomic_write_text(tables / f"{name}_ablation.csv", ablation.to_csv(index=False, float_format="%.6f"))
+            atomic_write_text(tables / f"{name}_ablation.md", f"# {name}: ablation (spec section 5)\n\n"
+                              + markdown(ablation, ABLATION_COLUMNS))
+            parts.append(f"Full rows with the paper column: [`tables/{name}.md`](tables/{name}.md); "
+                         f"ablation: [`tables/{name}_ablation.md`](tables/{name}_ablation.md).\n")
+        for setting_dir in sorted((task_dir / "evaluate").glob("*/")):
+            if setting_dir.is_dir():
+                drawn[f"sampled keys {setting_dir.name}"] = draw.sampled_keys(setting_dir / "keys",
+                                                                              figures / f"sampled_keys_{setting_dir.name}.png")
+                drawn[f"crops {setting_dir.name}"] = draw.visual_crops(setting_dir, figures / f"crops_{setting_dir.name}.png")
+        info = _provenance(task_dir, "evaluate")
+        parts.append(f"Profile `{info.get('profile', '?')}`, device `{info.get('device', '?')}`, data root "
+                     f"`{info.get('data_root') or 'none (bundled images)'}`, settings {info.get('settings', '?')}.\n")
+        sections.append("\n".join(parts))
+    lines = [
+        "# Reports: the ACLA replication study\n",
+        "Everything here is written by `dvc repro` (the stages of `dvc.yaml`, the parameters of `params.yaml`); "
+        "no number is typed by hand. Each task table has the columns paper / ours / delta / profile / stage; "
+        "the paper column reads `../shared/paper/tables/*.csv` when such files exist (long form: setting, "
+        "method, set, psnr, ssim) and the published classical rows of `acla/resources/published_classical.csv`; "
+        "otherwise it says n/a.\n",
+        "Paper tables: " + ("; ".join(notes) if notes else f"none found in `{paper_tables}` (every paper cell n/a)") + ".\n",
+        "## Headline: backbone vs +ACLA at equal training budget (test sets)\n",
+        *sections,
+        "## Classical rows beside the published values\n",
+        f"[`tables/classical.md`](tables/classical.md)" if classical_md and classical_md.is_file() else "(not run)",
+        "\n## Figures\n",
+        *[f"- {title}: [`{path.relative_to(readme.parent)}`]({path.relative_to(readme.parent)})"
+          for title, path in drawn.items() if path is not None],
+        "\nExecuted notebooks of every stage: `reports/notebooks/`.\n",
+    ]
+    atomic_write_text(readme, "\n".join(lines) + "\n")
+    return {"tasks": [d.name for d in tasks], "figures": {k: str(v) for k, v in drawn.items() if v}, "paper_notes": notes}
 
 
 def main(argv: list[str] | None = None) -> int:

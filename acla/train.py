@@ -320,9 +320,25 @@ class TrainResult:
     checkpoint: Path
 
 
+def resumable(path: Path, digest: str) -> bool:
+    """Whether ``path`` is a readable checkpoint of this very model and config (``resume="auto"``)."""
+    if not path.is_file():
+        return False
+    try:
+        return load_checkpoint(path)["config_hash"] == digest
+    except CheckpointError as error:
+        print(f"not resuming: {error}", flush=True)
+        return False
+
+
 def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Path | None = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``spec`` with ``config.train``; resume from ``out_dir/last.pt`` when asked."""
+          resume: bool | str = False, progress: bool = True) -> TrainResult:
+    """Train ``spec`` with ``config.train``; resume from ``out_dir/last.pt`` when asked.
+
+    ``resume="auto"`` (the pipeline's stages) resumes when ``last.pt`` belongs to the same model and
+    config and starts afresh otherwise, so an interrupted stage continues and a finished one only
+    re-validates.
+    """
     settings = config.train
     out_dir = Path(out_dir)
     context = Distributed.setup()
@@ -338,7 +354,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
                                  seed=settings.seed, drop_last=True)
     if len(sampler) < per_rank_batch:
         raise ValueError(f"train.batch_size {settings.batch_size} is larger than train.samples_per_epoch")
-    validation_set = open_set(settings.validation_set, data_root, verify=config.data.verify)
+    validation_set = open_set(settings.validation_set, data_root, verify=config.data.verify, crop=config.evaluate.crop)
 
     torch.manual_seed(settings.seed)
     model = spec.build().to(context.device)
@@ -351,6 +367,8 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     start, best_psnr = 0, -math.inf
     digest = config_hash(spec, settings)
     checkpoint_path = out_dir / "last.pt"
+    if resume == "auto":
+        resume = resumable(checkpoint_path, digest)
     if resume:
         state = load_checkpoint(checkpoint_path)
         if state["config_hash"] != digest:
@@ -425,6 +443,8 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
             if context.main:
                 save_checkpoint(checkpoint_path, checkpoint_state(done))
             context.barrier()
+    if math.isnan(last_psnr):  # resumed a finished run: nothing trained, score it once
+        last_psnr, last_ssim = validate(model, task, validation_set, context, settings.seed)
     if live is not None:
         live.end()
     return TrainResult(best_psnr, last_psnr, last_ssim, settings.iterations, checkpoint_path)

@@ -13,6 +13,7 @@ profile on a machine that has nothing else.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class ImageSet:
     name: str
     files: tuple[Path, ...]
     canonical_size: int
+    crop: int = 0  # > 0: every image is centre-cropped to at most crop x crop (a smaller, labelled test)
 
     @property
     def partial(self) -> bool:
@@ -133,8 +135,9 @@ class ImageSet:
 
     @property
     def label(self) -> str:
-        """The set's name, marked when it holds fewer images than the published benchmark."""
-        return f"{self.name} (partial {len(self.files)}/{self.canonical_size})" if self.partial else self.name
+        """The set's name, marked when it holds fewer images than the published benchmark or is cropped."""
+        label = f"{self.name} (partial {len(self.files)}/{self.canonical_size})" if self.partial else self.name
+        return f"{label} (centre {self.crop}px)" if self.crop else label
 
     def __len__(self) -> int:
         return len(self.files)
@@ -143,15 +146,25 @@ class ImageSet:
         return [path.stem for path in self.files]
 
     def read(self, index: int) -> np.ndarray:
-        return read_image(self.files[index])
+        image = read_image(self.files[index])
+        if self.crop:
+            top, left = (max((size - self.crop) // 2, 0) for size in image.shape[:2])
+            image = image[top : top + self.crop, left : left + self.crop]
+        return image
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for index, path in enumerate(self.files):
             yield path.stem, self.read(index)
 
 
-def open_set(name: str, root: Path | None, *, verify: bool = True) -> ImageSet:
-    """A benchmark or training set by name, its files checked against the manifest."""
+def open_set(name: str, root: Path | None, *, verify: bool = True, crop: int = 0) -> ImageSet:
+    """A benchmark or training set by name, its files checked against the manifest; ``crop`` > 0
+    centre-crops every image (the smoke profile's small test images)."""
+    image_set = _open_set(name, root, verify)
+    return dataclasses.replace(image_set, crop=crop) if crop else image_set
+
+
+def _open_set(name: str, root: Path | None, verify: bool) -> ImageSet:
     if name in BUNDLED:
         return bundled_set(name)
     if name not in SETS and name not in ARCHIVES:

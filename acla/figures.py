@@ -1,0 +1,164 @@
+"""The report's figures, each drawn from the CSV/JSON files that the study's stages wrote.
+
+Every function takes the study's folder (``reports/study``) or a frame and a PNG path, draws with
+seaborn, and saves atomically; nothing here computes a result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from acla.files import atomic_save_figure  # noqa: E402
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    atomic_save_figure(figure, path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _settings(study: Path, step: str, name: str) -> list[Path]:
+    return sorted(study.glob(f"*/{step}/*/{name}"))
+
+
+def alpha_trajectories(study: Path, path: Path) -> Path | None:
+    """sigmoid(alpha) of every candidate location over the search, one panel per setting."""
+    frames = []
+    for csv in _settings(study, "search", "alpha.csv"):
+        frame = pd.read_csv(csv)
+        long = frame.melt(id_vars="iteration", value_vars=[c for c in frame if c.startswith("block_")],
+                          var_name="block", value_name="sigmoid(alpha)")
+        frames.append(long.assign(setting=csv.parent.name, block=long["block"].str.removeprefix("block_")))
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    grid = sns.relplot(data=data, x="iteration", y="sigmoid(alpha)", hue="block", col="setting", kind="line",
+                       col_wrap=min(4, data.setting.nunique()), height=2.8, aspect=1.3, facet_kws={"sharex": False})
+    grid.set(ylim=(0, 1))
+    grid.figure.suptitle("Insertion search: sigmoid(alpha) per candidate block", y=1.03)
+    return _save(grid.figure, path)
+
+
+def insertion_map(study: Path, path: Path) -> Path | None:
+    """Final sigmoid(alpha) per setting and block; the kept blocks are outlined."""
+    rows, kept = [], []
+    for arch_path in _settings(study, "search", "arch.json"):
+        arch = json.loads(arch_path.read_text())
+        setting = arch_path.parent.name
+        insert = arch["insert"] if isinstance(arch["insert"], list) else []
+        for block, value in arch["alpha_sigmoid"].items():
+            rows.append({"setting": setting, "block": int(block), "sigmoid(alpha)": value})
+            if int(block) in insert:
+                kept.append((setting, int(block)))
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).pivot(index="setting", columns="block", values="sigmoid(alpha)")
+    figure, axis = plt.subplots(figsize=(1.0 + 0.55 * table.shape[1], 0.9 + 0.45 * table.shape[0]))
+    sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False, ax=axis)
+    for setting, block in kept:
+        i, j = list(table.index).index(setting), list(table.columns).index(block)
+        axis.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    axis.set(title="Searched insertion map (red: kept)", xlabel="after block", ylabel="")
+    return _save(figure, path)
+
+
+def open_key_distribution(study: Path, path: Path) -> Path | None:
+    """How many keys each query kept open, per ACLA module, on one test image per setting."""
+    frames = [pd.read_csv(csv).assign(setting=csv.parents[1].name) for csv in _settings(study, "evaluate", "keys/open_keys.csv")]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    data["share of queries"] = data.queries / data.groupby(["setting", "block"]).queries.transform("sum")
+    data["block"] = data.block.astype(str)
+    grid = sns.catplot(data=data, x="open_keys", y="share of queries", hue="block", col="setting", kind="bar",
+                       col_wrap=min(4, data.setting.nunique()), height=2.8, aspect=1.3, sharex=False)
+    grid.figure.suptitle("ACLA: open keys per query (of R x K)", y=1.03)
+    return _save(grid.figure, path)
+
+
+def sampled_keys(keys_dir: Path, path: Path) -> Path | None:
+    """Key positions of a few queries drawn on the network input, one panel per module (x open, o closed)."""
+    csv = keys_dir / "sampled_keys.csv"
+    if not csv.is_file():
+        return None
+    keys = pd.read_csv(csv)
+    if keys.empty:
+        return None
+    image = np.asarray(Image.open(keys_dir / "input.png"))
+    blocks = sorted(keys.block.unique())
+    figure, axes = plt.subplots(1, len(blocks), figsize=(3.2 * len(blocks), 3.4), squeeze=False)
+    palette = sns.color_palette("bright", keys.groupby(["query_y", "query_x"]).ngroups)
+    for axis, block in zip(axes[0], blocks):
+        axis.imshow(image, cmap="gray" if image.ndim == 2 else None)
+        for color, ((qy, qx), group) in zip(palette, keys[keys.block == block].groupby(["query_y", "query_x"])):
+            opened, closed = group[group.open], group[~group.open]
+            axis.scatter(opened.x, opened.y, s=14, marker="x", color=color)
+            axis.scatter(closed.x, closed.y, s=14, marker="o", facecolors="none", edgecolors=color, alpha=0.6)
+            axis.scatter([qx], [qy], s=60, marker="*", color=color, edgecolors="black", linewidths=0.5)
+        axis.set(title=f"after block {block}", xticks=[], yticks=[])
+    figure.suptitle(f"Sampled keys ({keys_dir.parent.name}): * query, x open key, o closed key")
+    return _save(figure, path)
+
+
+def training_curves(study: Path, path: Path) -> Path | None:
+    """Training loss and validation PSNR of the headline pair, per setting."""
+    frames = [pd.read_csv(csv) for csv in sorted(study.glob("*/retrain/curves.csv"))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    data = data[data.metric.isin(["train/loss", "val/psnr"])]
+    grid = sns.relplot(data=data, x="step", y="value", hue="variant", row="metric", col="setting", kind="line",
+                       height=2.5, aspect=1.4, facet_kws={"sharey": False, "sharex": False})
+    grid.figure.suptitle("Training curves (retrain stage)", y=1.02)
+    return _save(grid.figure, path)
+
+
+def accuracy_vs_cost(study: Path, path: Path) -> Path | None:
+    """Validation PSNR of every variant against its parameters and FLOPs."""
+    frames = []
+    for ablation in sorted(study.glob("*/ablation/ablation.csv")):
+        efficiency = ablation.parents[1] / "efficiency" / "efficiency.csv"
+        if efficiency.is_file():
+            merged = pd.read_csv(ablation).merge(pd.read_csv(efficiency)[["setting", "variant", "flops"]],
+                                                 on=["setting", "variant"])
+            frames.append(merged)
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    data["GFLOPs"] = data.flops / 1e9
+    data["params (k)"] = data.params / 1e3
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, x in zip(axes, ("params (k)", "GFLOPs")):
+        sns.scatterplot(data=data, x=x, y="val_psnr", hue="variant", style="setting", s=60, ax=axis)
+        axis.set(ylabel="validation PSNR (dB)")
+        axis.legend(fontsize=7)
+    figure.suptitle("Accuracy vs cost of every variant (ablation stage; FLOPs at the efficiency input size)")
+    return _save(figure, path)
+
+
+def visual_crops(setting_dir: Path, path: Path) -> Path | None:
+    """The first saved crop of each method (ground truth, classical, backbone, +ACLA) side by side."""
+    order = ["ground_truth", "bicubic", "noisy_input", "mosaiced_input", "bilinear", "jpeg_input", "backbone", "acla"]
+    crops = [(name, sorted((setting_dir / name / "crops").glob("*.png"))) for name in order]
+    crops = [(name, files[0]) for name, files in crops if files]
+    if not crops:
+        return None
+    figure, axes = plt.subplots(1, len(crops), figsize=(2.4 * len(crops), 2.8), squeeze=False)
+    for axis, (name, file) in zip(axes[0], crops):
+        image = np.asarray(Image.open(file))
+        axis.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        axis.set(title=name.replace("_", " "), xticks=[], yticks=[])
+    figure.suptitle(f"{setting_dir.name}: {crops[0][1].stem}")
+    return _save(figure, path)

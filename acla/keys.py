@@ -1,0 +1,96 @@
+"""What the ACLA modules of a model did on one image: where they sampled keys, and how many they kept.
+
+Hooks record each module's query map during an ordinary forward pass; the module's own
+``sampling_positions`` (S1) and ``gates`` (S6)-(S7) are then evaluated on it, so the positions and
+open/closed decisions are exactly those of inference (no re-implementation of the module).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from acla.data import open_set
+from acla.files import atomic_write_text
+from acla.images import to_uint8
+from acla.models.attention import SampledCrossLayerAttention
+from acla.tasks import parse_task
+from acla.train import network_input
+
+
+def acla_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
+    """Block index -> ACLA/CLA module of a ``RestorationNet``."""
+    return {int(name): module for name, module in model.attention.items() if isinstance(module, SampledCrossLayerAttention)}
+
+
+def query_points(height: int, width: int, count: int = 4) -> list[tuple[int, int]]:
+    """``count`` query pixels (y, x) spread over the map: the centres of a 2 x 2 (or n x n) grid of cells."""
+    side = max(1, int(np.ceil(np.sqrt(count))))
+    points = [(int((i + 0.5) * height / side), int((j + 0.5) * width / side)) for i in range(side) for j in range(side)]
+    return points[:count]
+
+
+@torch.no_grad()
+def inspect_keys(model: torch.nn.Module, x: torch.Tensor, points: list[tuple[int, int]] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(open-key counts per query and block, sampled keys of a few queries) for one input ``x`` (1, C, H, W).
+
+    The first frame has one row per (block, number of open keys) with the number of queries; the second
+    one row per (block, query, reference, key) with the key's position in pixels and whether it was open.
+    """
+    model.eval()
+    modules = acla_modules(model)
+    queries: dict[int, torch.Tensor] = {}
+    handles = [module.register_forward_pre_hook(lambda m, args, block=block: queries.__setitem__(block, args[0]))
+               for block, module in modules.items()]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts, keys = [], []
+    for block, module in modules.items():
+        query = queries[block]
+        references = model.references[block]
+        per_query = module.open_key_counts[0].flatten().long() if module.adaptive else torch.full(
+            (query.shape[-2] * query.shape[-1],), module.keys_per_query)
+        histogram = torch.bincount(per_query, minlength=module.keys_per_query + 1)
+        counts += [{"block": block, "open_keys": k, "queries": int(n), "keys_per_query": module.keys_per_query}
+                   for k, n in enumerate(histogram.tolist()) if k > 0]
+        positions = module.sampling_positions(query)[0]  # (H, W, R, K, 2) as (x, y)
+        gates = module.gates(query)[0] if module.adaptive else torch.ones(module.keys_per_query, *query.shape[-2:])
+        gates = gates.view(module.num_refs, module.num_keys, *query.shape[-2:])
+        for y, x_ in points or query_points(*query.shape[-2:]):
+            for r, layer in enumerate(references):
+                for k in range(module.num_keys):
+                    px, py = positions[y, x_, r, k].tolist()
+                    keys.append({"block": block, "query_y": y, "query_x": x_, "reference_layer": layer, "key": k,
+                                 "x": px, "y": py, "open": bool(gates[r, k, y, x_] > 0)})
+    return pd.DataFrame(counts), pd.DataFrame(keys)
+
+
+def key_report(model: torch.nn.Module, setting: str, set_name: str, out_dir: Path, *, data_root: Path | None,
+               crop: int = 0, seed: int = 0, verify: bool = True) -> dict:
+    """``open_keys.csv``, ``sampled_keys.csv``, the network input as ``input.png`` and a summary, for the
+    first image of ``set_name``."""
+    from acla.evaluate import save_png
+
+    task = parse_task(setting)
+    image_set = open_set(set_name, data_root, verify=verify, crop=crop)
+    name = image_set.image_names()[0]
+    _, degraded = task.benchmark_pair(image_set.read(0), set_name, name, seed)
+    counts, keys = inspect_keys(model, network_input(degraded, task.channels)[None])
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "open_keys.csv", counts.to_csv(index=False))
+    atomic_write_text(out_dir / "sampled_keys.csv", keys.to_csv(index=False, float_format="%.4f"))
+    save_png(out_dir / "input.png", to_uint8(degraded))
+    mean = {str(block): float((group.open_keys * group.queries).sum() / group.queries.sum())
+            for block, group in counts.groupby("block")} if len(counts) else {}
+    summary = {"setting": setting, "image": f"{image_set.label}/{name}", "mean_open_keys": mean,
+               "keys_per_query": {str(b): int(g.keys_per_query.iloc[0]) for b, g in counts.groupby("block")}}
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,296 @@
+"""The study, one task at a time: what each stage of ``dvc.yaml`` (and each notebook) runs.
+
+``TaskStudy`` holds one task of ``params.yaml`` (``sr``, ``denoise``, ``demosaic`` or ``jpeg``) resolved
+for a profile, and runs its steps over every setting of that task (``sr_x2``, ``sr_x3``, ...):
+
+- ``search``     insertion search, then the derived ``arch.json`` (spec section 4);
+- ``retrain``    the headline pair at one training budget: the backbone and +ACLA at the searched places;
+- ``evaluate``   both, and the classical rows, on the test sets; what ACLA's gates and offsets did;
+- ``ablate``     the variants of spec section 5 at the same budget (modules, K, insertion);
+- ``efficiency`` parameters, FLOPs, peak memory and latency of every variant.
+
+Outputs that the report reads are small CSV/JSON files under ``reports/study/<task>/<step>/``;
+checkpoints go to ``runs/<task>/<step>/<setting>/<variant>/`` and training resumes from them when the
+config is unchanged (``resume="auto"``), so an interrupted stage continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from acla.config import Study, TaskConfig, load_study
+from acla.data import open_set
+from acla.data.sets import resolve_data_root
+from acla.files import atomic_write_text
+from acla.models.backbones import BACKBONES, insertion_locations
+from acla.tasks import parse_task
+from acla.train import ModelSpec, load_checkpoint, load_weights, train
+
+HEADLINE = ("backbone", "acla")  # the pair of the task tables, trained by ``retrain``
+
+
+def slug(variant: str) -> str:
+    """A folder name for a variant label (``acla K=4`` -> ``acla_K4``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", variant.replace("=", "")).strip("_")
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.10g"))
+    return frame
+
+
+def variant_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[str, ModelSpec]:
+    """Every variant of spec section 5 for one setting, by label; ``searched`` is the derived ACLA model.
+
+    All share the backbone; the modules, K and insertion variants change one thing each relative to
+    ``acla`` (the searched locations). ``random`` draws as many locations as the search kept.
+    """
+    backbone = ModelSpec(setting, task.model.backbone)
+    variants = {"backbone": backbone, "acla": searched}
+    if searched.attention == "none":  # the search kept nothing: only the backbone is meaningful
+        return variants
+    for attention in task.ablation.attentions:
+        variants[attention] = replace(searched, attention=attention)
+    for keys in task.ablation.num_keys:
+        if keys != searched.num_keys:
+            variants[f"acla K={keys}"] = replace(searched, num_keys=keys)
+    num_blocks = BACKBONES[task.model.backbone].num_blocks
+    for insertion in task.ablation.insertions:
+        if insertion == "random":
+            rng = np.random.default_rng(task.ablation.random_seed)
+            chosen = rng.choice(np.arange(1, num_blocks + 1), size=len(searched.insert), replace=False)
+            insert = tuple(sorted(int(i) for i in chosen))
+        else:
+            insert = tuple(insertion_locations(insertion, num_blocks))
+        variants[f"acla {insertion}"] = replace(searched, insert=insert, references=None)
+    return variants
+
+
+def describe(spec: ModelSpec) -> dict:
+    """The columns that tell variants apart in the tables."""
+    insert = spec.insert if isinstance(spec.insert, str) else " ".join(map(str, spec.insert))
+    modules = len(spec.insert) if isinstance(spec.insert, tuple) and spec.attention != "none" else 0
+    return {"attention": spec.attention, "insert": insert, "modules": modules,
+            "num_keys": spec.num_keys if spec.attention in ("cla", "acla") else np.nan}
+
+
+def dvclive_curves(run_dir: Path) -> pd.DataFrame:
+    """Every metric dvclive logged in ``run_dir/dvclive`` as long rows (metric, step, value)."""
+    frames = []
+    root = run_dir / "dvclive" / "plots" / "metrics"
+    for path in sorted(root.rglob("*.tsv")):
+        frame = pd.read_csv(path, sep="\t")
+        value = [c for c in frame.columns if c not in ("step", "timestamp")][0]
+        frames.append(pd.DataFrame({"metric": str(path.relative_to(root).with_suffix("")), "step": frame["step"],
+                                    "value": frame[value]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["metric", "step", "value"])
+
+
+@dataclass
+class TaskStudy:
+    """One task of the study; every method loops over the task's settings."""
+
+    name: str
+    study: Study
+    reports: Path  # reports/study/<task>
+    runs: Path  # runs/<task>
+    data_root: Path | None
+    progress: bool = True
+
+    @property
+    def config(self) -> TaskConfig:
+        return self.study.tasks[self.name]
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return self.config.settings
+
+    def run_config(self, setting: str):
+        return self.study.run_config(setting, self.config)
+
+    # ---------------------------------------------------------------------------------- search
+    def search(self) -> pd.DataFrame:
+        """Search every setting; ``search/<setting>/{alpha.csv, alpha.png, arch.json}`` and a summary."""
+        from acla.search import search
+
+        rows = []
+        for setting in self.settings:
+            start = time.perf_counter()
+            arch = search(setting, self.run_config(setting), self.reports / "search" / setting,
+                          data_root=self.data_root, progress=self.progress)
+            rows.append({"setting": setting, "kept": " ".join(map(str, arch["insert"])) if arch["insert"] != "none"
+                         else "none", "rule": arch["rule"], "params": arch["params"],
+                         "flops_at_patch": arch["flops_at_patch"], "seconds": time.perf_counter() - start,
+                         **{f"sigmoid_alpha_block_{k}": v for k, v in arch["alpha_sigmoid"].items()}})
+        save_provenance(self, "search")
+        return write_csv(pd.DataFrame(rows), self.reports / "search" / "summary.csv")
+
+    def searched(self, setting: str) -> ModelSpec:
+        return ModelSpec.from_arch(self.reports / "search" / setting / "arch.json")
+
+    def variants(self, setting: str) -> dict[str, ModelSpec]:
+        return variant_specs(self.config, setting, self.searched(setting))
+
+    # ---------------------------------------------------------------------------------- training
+    def _train(self, step: str, labels: list[str]) -> pd.DataFrame:
+        rows, curves = [], []
+        for setting in self.settings:
+            specs = self.variants(setting)
+            config = self.run_config(setting)
+            for label in labels:
+                if label not in specs:
+                    continue
+                spec = specs[label]
+                run_dir = self.runs / step / setting / slug(label)
+                start = time.perf_counter()
+                result = train(spec, config, run_dir, data_root=self.data_root, resume="auto", progress=self.progress)
+                rows.append({"setting": setting, "variant": label, **describe(spec),
+                             "params": sum(p.numel() for p in spec.build().parameters()),
+                             "iterations": config.train.iterations, "batch_size": config.train.batch_size,
+                             "val_set": open_set(config.train.validation_set, self.data_root, verify=False,
+                                                 crop=config.evaluate.crop).label,
+                             "val_psnr": result.last_psnr, "val_ssim": result.last_ssim,
+                             "seconds": time.perf_counter() - start, "checkpoint": str(result.checkpoint)})
+                curves.append(dvclive_curves(run_dir).assign(setting=setting, variant=label))
+        out = self.reports / step
+        save_provenance(self, step)
+        write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), out / "curves.csv")
+        return write_csv(pd.DataFrame(rows), out / "runs.csv")
+
+    def retrain(self) -> pd.DataFrame:
+        """The backbone and +ACLA at the searched locations, from scratch, at the same budget."""
+        return self._train("retrain", list(HEADLINE))
+
+    def ablate(self) -> pd.DataFrame:
+        """Every other variant at the headline pair's budget; the table holds the pair's rows too."""
+        labels = [label for label in self.variants(self.settings[0]) if label not in HEADLINE]
+        trained = self._train("ablation", labels)
+        headline = pd.read_csv(self.reports / "retrain" / "runs.csv")
+        table = pd.concat([headline, trained], ignore_index=True)
+        return write_csv(table, self.reports / "ablation" / "ablation.csv")
+
+    # ---------------------------------------------------------------------------------- evaluation
+    def model(self, setting: str, label: str, step: str = "retrain") -> torch.nn.Module:
+        spec = self.variants(setting)[label]
+        path = self.runs / step / setting / slug(label) / "last.pt"
+        model = spec.build()
+        load_weights(model, load_checkpoint(path), spec, path)
+        return model.eval()
+
+    def evaluate(self) -> pd.DataFrame:
+        """The classical rows, the backbone and +ACLA on every test set; crops; ACLA's keys on one image."""
+        from acla.evaluate import Inference, evaluate, test_sets
+        from acla.keys import key_report
+
+        rows = []
+        out = self.reports / "evaluate"
+        for setting in self.settings:
+            config = self.run_config(setting)
+            task = parse_task(setting)
+            sets = list(config.evaluate.test_sets) or test_sets(task, self.data_root)
+            rows += classical_scores(setting, sets, self.data_root, config.evaluate.crop, config.train.seed,
+                                     config.data.verify, out / setting, config.evaluate.saved_crops)
+            inference = Inference(config.evaluate.tile, config.evaluate.overlap, config.evaluate.self_ensemble)
+            for label in HEADLINE:
+                if label not in self.variants(setting):
+                    continue
+                mean = evaluate(self.model(setting, label), setting, out / setting / slug(label), data_root=self.data_root,
+                                sets=sets, inference=inference, seed=config.train.seed, crops=config.evaluate.saved_crops,
+                                verify=config.data.verify, crop=config.evaluate.crop)
+                rows += [{"setting": setting, "method": label, "set": r["set"], "psnr": r["psnr"], "ssim": r["ssim"],
+                          "n_images": r["n_images"]} for r in mean.to_dict(orient="records")]
+            if self.variants(setting)["acla"].attention == "acla":
+                key_report(self.model(setting, "acla"), setting, sets[0], out / setting / "keys", data_root=self.data_root,
+                           crop=config.evaluate.crop, seed=config.train.seed, verify=config.data.verify)
+        save_provenance(self, "evaluate")
+        scores = write_csv(pd.DataFrame(rows), out / "scores.csv")
+        metrics = {setting: {f"{r.set} | {r.method}": {"psnr": r.psnr, "ssim": r.ssim}
+                             for r in group.itertuples(index=False)} for setting, group in scores.groupby("setting")}
+        atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2) + "\n")
+        return scores
+
+    @property
+    def metrics_file(self) -> Path:
+        """``reports/metrics/<task>.json``: the evaluation's PSNR/SSIM, for ``dvc metrics show``."""
+        return self.reports.parent.parent / "metrics" / f"{self.name}.json"
+
+    # ---------------------------------------------------------------------------------- efficiency
+    def efficiency(self) -> pd.DataFrame:
+        """Parameters, FLOPs, peak memory and median latency of every variant at one input size."""
+        from acla.efficiency import profile
+
+        rows = []
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        for setting in self.settings:
+            task = parse_task(setting)
+            shape = (1, task.channels, *self.config.efficiency.input_size)
+            for label, spec in self.variants(setting).items():
+                torch.manual_seed(0)
+                result = profile(spec.build(), shape, device=device, repeats=self.config.efficiency.repeats)
+                rows.append({"setting": setting, "variant": label, **describe(spec), "params": result.params,
+                             "flops": result.flops, "peak_memory_bytes": result.peak_memory_bytes,
+                             "latency_s": result.latency_s, "device": result.device,
+                             "input": "x".join(map(str, shape))})
+        save_provenance(self, "efficiency")
+        return write_csv(pd.DataFrame(rows), self.reports / "efficiency" / "efficiency.csv")
+
+
+def classical_scores(setting: str, sets: list[str], data_root: Path | None, crop: int, seed: int,
+                     verify: bool, out: Path | None = None, saved_crops: int = 0) -> list[dict]:
+    """The classical methods of ``setting`` on exactly the images (and crops) the networks see; the
+    ground truth's and the classical outputs' visual crops go beside the networks' (``out/<method>/crops``)."""
+    from acla.evaluate import centre, save_png
+
+    task = parse_task(setting)
+    scores: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for set_name in sets:
+        image_set = open_set(set_name, data_root, verify=verify, crop=crop)
+        for index, (name, image) in enumerate(image_set):
+            target, degraded = task.benchmark_pair(image, set_name, name, seed)
+            outputs = task.classical(degraded)
+            for method, output in outputs.items():
+                scores.setdefault((method, image_set.label), []).append(task.score(output, target))
+            if out is not None and index < saved_crops:
+                for method, output in {"ground truth": target, **outputs}.items():
+                    save_png(out / slug(method) / "crops" / f"{set_name}_{name}.png", centre(output, 96))
+    return [{"setting": setting, "method": method, "set": label, "psnr": float(np.mean([s[0] for s in values])),
+             "ssim": float(np.mean([s[1] for s in values])), "n_images": len(values)}
+            for (method, label), values in scores.items()]
+
+
+def open_task(task: str, params: str | Path = "params.yaml", *, profile: str | None = None,
+              reports: str | Path = "reports/study", runs: str | Path = "runs", data_root: str | None = None,
+              progress: bool = True) -> TaskStudy:
+    """The entry point of the notebooks and stages: ``open_task("sr", profile="ci")``.
+
+    ``profile`` of None or "" means the file's own ``profile``; an unknown task is refused by name.
+    """
+    study = load_study(params, profile or None)
+    if task not in study.tasks:
+        raise ValueError(f"task {task!r} is not one of {sorted(study.tasks)} (params file {params})")
+    root = resolve_data_root(data_root, study.data.root)
+    return TaskStudy(task, study, Path(reports) / task, Path(runs) / task, root, progress)
+
+
+def summary_json(task: TaskStudy) -> dict:
+    """What was run, for the report's provenance line."""
+    config = task.config
+    return {"task": task.name, "profile": task.study.profile, "settings": list(task.settings),
+            "train": dataclasses.asdict(config.train), "model": dataclasses.asdict(config.model),
+            "data_root": str(task.data_root) if task.data_root else None}
+
+
+def save_provenance(task: TaskStudy, step: str) -> None:
+    """``<step>/provenance.json``: profile, device, settings, data root (the report labels rows with it)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    info = summary_json(task) | {"step": step, "device": device, "torch": torch.__version__}
+    atomic_write_text(task.reports / step / "provenance.json", json.dumps(info, indent=2, default=str) + "\n")
