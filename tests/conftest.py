@@ -30,3 +30,20 @@ def reference_root(data_root: Path) -> Path:
     if not path.is_dir():
         pytest.fail(f"{path} missing: the MATLAB reference images are part of the shared data root")
     return path
+
+
+RUN_SECTIONS = ("model", "train", "search", "evaluate", "ablation", "efficiency")
+MINIMAL_TASKS = {"sr": {"settings": ["sr_x2"]}, "denoise": {"settings": ["denoise_color_s30"]},
+                 "demosaic": {"settings": ["demosaic"]}, "jpeg": {"settings": ["jpeg_q20"]}}
+
+
+def study_params(text: str) -> str:
+    """A params file from the one-run sections a test cares about: ``model``/``train``/... go under
+    ``defaults`` (every task inherits them) and the four tasks get one setting each."""
+    import yaml
+
+    raw = yaml.safe_load(text) or {}
+    defaults = {key: raw.pop(key) for key in RUN_SECTIONS if key in raw}
+    raw.setdefault("defaults", {}).update(defaults)
+    raw.setdefault("tasks", MINIMAL_TASKS)
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from acla.config import load_config
+from conftest import study_params
 from acla.experiments import degraded_baseline, seeds
 
 PARAMS = """
@@ -22,7 +23,7 @@ train:
 
 def test_seed_comparison_writes_per_run_and_summary_tables(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text(PARAMS)
+    path.write_text(study_params(PARAMS))
     config = load_config(path)
     summary = seeds("sr_x2", config, tmp_path / "out", None, [0], (4, 8))
     runs = pd.read_csv(tmp_path / "out" / "seeds.csv")

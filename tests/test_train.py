@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from acla.cli import main as cli_main
+from conftest import study_params
 from acla.evaluate import tiled_forward
 from acla.models import build_model
 from acla.train import CheckpointError, ModelSpec, load_checkpoint
@@ -46,7 +47,7 @@ search:
 
 def params(tmp_path: Path, iterations: int = 12, checkpoint_every: int = 4, extra: str = "") -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(PARAMS.format(iterations=iterations, checkpoint_every=checkpoint_every) + extra)
+    path.write_text(study_params(PARAMS.format(iterations=iterations, checkpoint_every=checkpoint_every) + extra))
     return path
 
 
@@ -172,7 +173,7 @@ BAD_PARAMS = [
 @pytest.mark.parametrize(("text", "message"), BAD_PARAMS)
 def test_bad_params_stop_training_naming_the_key(tmp_path: Path, capsys, text: str, message: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text)
+    bad.write_text(study_params(text))
     assert cli_main(["train", "--config", str(bad), "--task", "sr_x2", "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "last.pt").exists()
