@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +60,36 @@ def task_columns(task: Task) -> tuple[str, str]:
     return "jpeg", f"q{task.quality}"
 
 
-def classical_rows(image_sets: list[ImageSet], config: ClassicalConfig, *, progress: bool = True) -> pd.DataFrame:
-    jobs = [(image_set, task) for image_set in image_sets for task in tasks_for_set(image_set.name, config)]
+def _score_job(job: tuple[ImageSet, Task, int]) -> list[tuple[tuple[str, str, str, str], tuple[float, float]]]:
+    """Scores of one (set, task) pair over the set's images, in image order."""
+    image_set, task, seed = job
+    task_name, setting = task_columns(task)
+    scores = []
+    for image_name, image in image_set:
+        target, degraded = task.benchmark_pair(image, image_set.name, image_name, seed)
+        for method, output in task.classical(degraded).items():
+            scores.append(((task_name, image_set.label, setting, method), task.score(output, target)))
+    return scores
+
+
+def classical_rows(image_sets: list[ImageSet], config: ClassicalConfig, *, progress: bool = True,
+                   workers: int | None = None) -> pd.DataFrame:
+    """One row per (task, set, setting, method). The (set, task) jobs run in ``workers`` processes (default:
+    one per CPU core; numpy's resizing and SSIM are single-threaded); results are gathered in job order,
+    so the rows do not depend on the worker count."""
+    jobs = [(image_set, task, config.seed) for image_set in image_sets for task in tasks_for_set(image_set.name, config)]
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     scores: dict[tuple[str, str, str, str], list[tuple[float, float]]] = {}
-    total = sum(len(image_set) for image_set, _ in jobs)
-    with tqdm(total=total, desc="classical rows", unit="img", disable=not progress) as bar:
-        for image_set, task in jobs:
-            task_name, setting = task_columns(task)
-            bar.set_postfix_str(f"{image_set.name} {task_name} {setting}")
-            for image_name, image in image_set:
-                target, degraded = task.benchmark_pair(image, image_set.name, image_name, config.seed)
-                for method, output in task.classical(degraded).items():
-                    scores.setdefault((task_name, image_set.label, setting, method), []).append(task.score(output, target))
+    with tqdm(total=len(jobs), desc="classical rows", unit="job", disable=not progress) as bar:
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try:
+            for results in (pool.map(_score_job, jobs) if pool else map(_score_job, jobs)):
+                for key, score in results:
+                    scores.setdefault(key, []).append(score)
                 bar.update()
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
     rows = [
         {"task": key[0], "set": key[1], "setting": key[2], "method": key[3],
          "psnr": float(np.mean([p for p, _ in values])), "ssim": float(np.mean([s for _, s in values])),

@@ -183,6 +183,8 @@ class AblationConfig:
     num_keys: tuple[int, ...] = (1, 4, 16)  # K sweep of acla at the searched locations
     insertions: tuple[str, ...] = ABLATION_INSERTIONS  # acla elsewhere; random keeps the searched count
     random_seed: int = 0
+    iterations: int = 0  # 0: train.iterations (the headline pair's rows are reused); else every variant,
+    #                      backbone and acla included, is trained for this many (a cheaper, still equal budget)
 
     def __post_init__(self) -> None:
         from acla.models import ATTENTIONS
@@ -193,6 +195,8 @@ class AblationConfig:
         for keys in self.num_keys:
             if keys < 1:
                 raise ValueError(f"ablation.num_keys: {keys} must be >= 1")
+        if self.iterations < 0:
+            raise ValueError(f"ablation.iterations must be >= 0, got {self.iterations}")
         for name in self.insertions:
             if name not in ABLATION_INSERTIONS:
                 raise ValueError(f"ablation.insertions: {name!r} is not one of {ABLATION_INSERTIONS}")

@@ -12,13 +12,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from PIL import Image
 
-from acla.files import atomic_save_figure  # noqa: E402
+from acla.files import atomic_save_figure
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -63,8 +63,8 @@ def insertion_map(study: Path, path: Path) -> Path | None:
     if not rows:
         return None
     table = pd.DataFrame(rows).pivot(index="setting", columns="block", values="sigmoid(alpha)")
-    figure, axis = plt.subplots(figsize=(1.0 + 0.55 * table.shape[1], 0.9 + 0.45 * table.shape[0]))
-    sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False, ax=axis)
+    figure, axis = plt.subplots(figsize=(2.0 + 0.65 * table.shape[1], 1.0 + 0.45 * table.shape[0]))
+    sns.heatmap(table, annot=True, fmt=".3f", vmin=0, vmax=1, cmap="viridis", cbar=False, ax=axis)
     for setting, block in kept:
         i, j = list(table.index).index(setting), list(table.columns).index(block)
         axis.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
@@ -79,11 +79,17 @@ def open_key_distribution(study: Path, path: Path) -> Path | None:
     if not frames:
         return None
     data = pd.concat(frames, ignore_index=True)
-    data["share of queries"] = data.queries / data.groupby(["setting", "block"]).queries.transform("sum")
-    data["block"] = data.block.astype(str)
-    grid = sns.catplot(data=data, x="open_keys", y="share of queries", hue="block", col="setting", kind="bar",
-                       col_wrap=min(4, data.setting.nunique()), height=2.8, aspect=1.3, sharex=False)
-    grid.figure.suptitle("ACLA: open keys per query (of R x K)", y=1.03)
+    edges = np.linspace(0, 1, 11)
+    labels = [f"{int(100 * a)}-{int(100 * b)}%" for a, b in zip(edges[:-1], edges[1:])]
+    fraction = data.open_keys / data.keys_per_query
+    data["keys open"] = pd.Categorical(pd.cut(fraction, edges, labels=labels, include_lowest=True), labels)
+    data["block"] = "after block " + data.block.astype(str)
+    shares = data.groupby(["setting", "block", "keys open"], observed=False).queries.sum().reset_index()
+    shares["share of queries"] = shares.queries / shares.groupby(["setting", "block"]).queries.transform("sum")
+    grid = sns.catplot(data=shares, x="keys open", y="share of queries", hue="block", col="setting", kind="bar",
+                       col_wrap=min(4, shares.setting.nunique()), height=2.8, aspect=1.4, sharex=False)
+    grid.set_xticklabels(rotation=60, fontsize=7)
+    grid.figure.suptitle("ACLA: share of queries by the fraction of their R x K keys left open", y=1.03)
     return _save(grid.figure, path)
 
 
@@ -120,7 +126,7 @@ def training_curves(study: Path, path: Path) -> Path | None:
     data = pd.concat(frames, ignore_index=True)
     data = data[data.metric.isin(["train/loss", "val/psnr"])]
     grid = sns.relplot(data=data, x="step", y="value", hue="variant", row="metric", col="setting", kind="line",
-                       height=2.5, aspect=1.4, facet_kws={"sharey": False, "sharex": False})
+                       marker="o", markersize=4, height=2.5, aspect=1.4, facet_kws={"sharey": False, "sharex": False})
     grid.figure.suptitle("Training curves (retrain stage)", y=1.02)
     return _save(grid.figure, path)
 

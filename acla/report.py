@@ -303,7 +303,7 @@ def render_study(study: Path, tables: Path, figures: Path, readme: Path, paper_t
         "## Headline: backbone vs +ACLA at equal training budget (test sets)\n",
         *sections,
         "## Classical rows beside the published values\n",
-        f"[`tables/classical.md`](tables/classical.md)" if classical_md and classical_md.is_file() else "(not run)",
+        "[`tables/classical.md`](tables/classical.md)" if classical_md and classical_md.is_file() else "(not run)",
         "\n## Figures\n",
         *[f"- {title}: [`{path.relative_to(readme.parent)}`]({path.relative_to(readme.parent)})"
           for title, path in drawn.items() if path is not None],

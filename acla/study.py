@@ -141,11 +141,15 @@ class TaskStudy:
         return variant_specs(self.config, setting, self.searched(setting))
 
     # ---------------------------------------------------------------------------------- training
-    def _train(self, step: str, labels: list[str]) -> pd.DataFrame:
+    def _train(self, step: str, labels: list[str], iterations: int = 0) -> pd.DataFrame:
         rows, curves = [], []
         for setting in self.settings:
             specs = self.variants(setting)
             config = self.run_config(setting)
+            if iterations and iterations != config.train.iterations:
+                config = replace(config, train=replace(config.train, iterations=iterations,
+                                                       validate_every=min(config.train.validate_every, iterations),
+                                                       checkpoint_every=min(config.train.checkpoint_every, iterations)))
             for label in labels:
                 if label not in specs:
                     continue
@@ -171,12 +175,16 @@ class TaskStudy:
         return self._train("retrain", list(HEADLINE))
 
     def ablate(self) -> pd.DataFrame:
-        """Every other variant at the headline pair's budget; the table holds the pair's rows too."""
-        labels = [label for label in self.variants(self.settings[0]) if label not in HEADLINE]
-        trained = self._train("ablation", labels)
-        headline = pd.read_csv(self.reports / "retrain" / "runs.csv")
-        table = pd.concat([headline, trained], ignore_index=True)
-        return write_csv(table, self.reports / "ablation" / "ablation.csv")
+        """Every variant at one budget. With ``ablation.iterations`` 0 that is the headline pair's budget
+        and its two rows are reused from ``retrain``; otherwise all variants, the pair included, are
+        trained for ``ablation.iterations`` (the smoke profile's cheaper, still equal, budget)."""
+        iterations = self.config.ablation.iterations
+        reuse = iterations in (0, self.config.train.iterations)
+        labels = [label for label in self.variants(self.settings[0]) if not (reuse and label in HEADLINE)]
+        trained = self._train("ablation", labels, iterations)
+        if reuse:
+            trained = pd.concat([pd.read_csv(self.reports / "retrain" / "runs.csv"), trained], ignore_index=True)
+        return write_csv(trained, self.reports / "ablation" / "ablation.csv")
 
     # ---------------------------------------------------------------------------------- evaluation
     def model(self, setting: str, label: str, step: str = "retrain") -> torch.nn.Module:

@@ -17,3 +17,13 @@ def test_readme_module_example_runs() -> None:
     exec(code, scope)  # noqa: S102 - our own documentation
     assert scope["features"].shape == (1, 64, 12, 12)
     assert 1 <= float(scope["acla"].open_keys) <= 18
+
+
+def test_readme_opens_with_the_study_and_test_commands_that_ci_runs() -> None:
+    root = Path(__file__).parents[1]
+    block = re.search(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands[0] == 'pip install -e ".[dev]" && dvc repro'
+    assert commands[1].startswith('pip install -e ".[dev]" && pytest --nbval-lax')
+    ci = (root / ".ci" / "run").read_text()
+    assert commands[1].split("&& ", 1)[1] in ci  # CI runs the README's test command, notebooks included

@@ -1,0 +1,145 @@
+"""The study layer: ablation variants, the ci-sized chain of steps, auto-resume, and the report's paper column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from acla.config import AblationConfig, TaskConfig, load_study
+from acla.report import read_paper_tables, render_study, task_table
+from acla.study import HEADLINE, open_task, variant_specs
+from acla.train import ModelSpec, load_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_ablation_variant_changes_one_thing_relative_to_the_searched_model() -> None:
+    searched = ModelSpec("sr_x2", "tiny", "acla", (1, 2, 3, 8), {1: [0], 2: [0, 1], 3: [1, 2], 8: [2, 3]}, 9, "predicted", 1e-3)
+    task = TaskConfig(settings=("sr_x2",), ablation=AblationConfig())
+    variants = variant_specs(task, "sr_x2", searched)
+    assert list(variants) == ["backbone", "acla", "nonlocal", "cla", "acla K=1", "acla K=4", "acla K=16", "acla every",
+                              "acla four-stages", "acla random"]
+    assert variants["backbone"].attention == "none" and variants["acla"] is searched
+    assert variants["cla"].insert == searched.insert and variants["cla"].references == searched.references
+    assert variants["acla K=4"].num_keys == 4 and variants["acla K=4"].insert == searched.insert
+    assert variants["acla every"].insert == tuple(range(1, 9)) and variants["acla four-stages"].insert == (2, 4, 6, 8)
+    random = variants["acla random"].insert
+    assert len(random) == len(searched.insert) == len(set(random)) and all(1 <= b <= 8 for b in random)
+    for spec in variants.values():  # every variant builds
+        spec.build()
+
+
+def test_a_search_that_keeps_nothing_leaves_only_the_backbone() -> None:
+    task = TaskConfig(settings=("sr_x2",))
+    assert list(variant_specs(task, "sr_x2", ModelSpec("sr_x2", "tiny", "none", "none"))) == ["backbone", "acla"]
+
+
+@pytest.fixture(scope="module")
+def ci_study(tmp_path_factory: pytest.TempPathFactory):
+    """search -> retrain -> evaluate -> ablate -> efficiency for SR at the ci size (a few seconds)."""
+    folder = tmp_path_factory.mktemp("study")
+    study = open_task("sr", ROOT / "params.yaml", profile="ci", reports=folder / "reports" / "study",
+                      runs=folder / "runs", progress=False)
+    study.search()
+    study.retrain()
+    study.evaluate()
+    study.ablate()
+    study.efficiency()
+    return study
+
+
+def test_the_steps_write_what_the_report_reads(ci_study) -> None:
+    reports = ci_study.reports
+    for path in ("search/sr_x2/arch.json", "search/summary.csv", "retrain/runs.csv", "retrain/curves.csv",
+                 "evaluate/scores.csv", "evaluate/sr_x2/keys/open_keys.csv", "evaluate/sr_x2/keys/sampled_keys.csv",
+                 "ablation/ablation.csv", "efficiency/efficiency.csv", "evaluate/provenance.json"):
+        assert (reports / path).is_file(), path
+    scores = pd.read_csv(reports / "evaluate" / "scores.csv")
+    assert set(scores.method) == {"bicubic", *HEADLINE}
+    assert set(scores.set) == {"bundled-test (centre 48px)"}  # the crop is in the label
+    provenance = json.loads((reports / "evaluate" / "provenance.json").read_text())
+    assert provenance["profile"] == "ci" and provenance["device"] == "cpu"
+    assert json.loads(ci_study.metrics_file.read_text())["sr_x2"]
+    ablation = pd.read_csv(reports / "ablation" / "ablation.csv")
+    # ci: ablation.iterations is 0, so the headline pair's rows come from retrain, the rest are trained here
+    headline = pd.read_csv(reports / "retrain" / "runs.csv")
+    assert ablation.iloc[:2].equals(headline)
+    assert list(ablation.variant) == ["backbone", "acla", "cla", "acla K=4", "acla random"]
+    assert (ablation.iterations == ci_study.config.train.iterations).all()
+    efficiency = pd.read_csv(reports / "efficiency" / "efficiency.csv")
+    assert list(efficiency.variant) == list(ablation.variant)
+    assert efficiency.set_index("variant").params.to_dict() == ablation.set_index("variant").params.to_dict()
+
+
+def test_a_separate_ablation_budget_trains_the_headline_pair_too(ci_study, tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text().replace(
+        "ablation: {attentions: [cla], num_keys: [4], insertions: [random]}",
+        "ablation: {attentions: [cla], num_keys: [4], insertions: [random], iterations: 2}")
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    study = open_task("sr", params, profile="ci", reports=ci_study.reports.parent, runs=tmp_path / "runs", progress=False)
+    table = study.ablate()
+    assert list(table.variant) == ["backbone", "acla", "cla", "acla K=4", "acla random"]
+    assert (table.iterations == 2).all() and (tmp_path / "runs" / "sr" / "ablation" / "sr_x2" / "backbone" / "last.pt").is_file()
+
+
+def test_auto_resume_continues_a_finished_run_and_restarts_after_a_config_change(ci_study, tmp_path: Path) -> None:
+    config = ci_study.run_config("sr_x2")
+    spec = ci_study.searched("sr_x2")
+    first = train(spec, config, tmp_path, resume="auto", progress=False)
+    stamp = (tmp_path / "last.pt").stat().st_mtime_ns
+    again = train(spec, config, tmp_path, resume="auto", progress=False)  # finished: only re-validated
+    assert again.last_psnr == first.last_psnr and (tmp_path / "last.pt").stat().st_mtime_ns == stamp
+    from dataclasses import replace
+
+    longer = replace(config, train=replace(config.train, iterations=config.train.iterations + 2))
+    train(spec, longer, tmp_path, resume="auto", progress=False)  # another config: starts afresh, no error
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == config.train.iterations + 2
+
+
+def test_the_paper_column_reads_tables_added_later_without_code_changes(ci_study, tmp_path: Path) -> None:
+    task_dir = ci_study.reports
+    empty, notes = read_paper_tables(tmp_path / "absent")
+    assert empty.empty and notes == []
+    table = task_table(task_dir, empty)
+    assert table.paper_psnr.isna().all() and (table.paper_source == "n/a").all()
+
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "README.md").write_text("not a table")
+    (tables / "table02_wide.csv").write_text("Method,Set5 PSNR,Set5 SSIM\nBicubic,33.66,0.9299\n")
+    label = "bundled-test (centre 48px)"
+    (tables / "table03_sr.csv").write_text(
+        "setting,method,set,psnr,ssim\n"
+        f"sr_x2,tiny EDSR (8x32) + ACLA,{label},40.00,—\n"
+        f"sr_x2,Bicubic,{label},12.5,0.5\n")
+    paper, notes = read_paper_tables(tables)
+    assert any("table02_wide.csv: not read" in note for note in notes)
+    assert any("table03_sr.csv: 2 rows read" in note for note in notes)
+    table = task_table(task_dir, paper).set_index("method")
+    assert table.loc["tiny EDSR (8x32) + ACLA", "paper_psnr"] == 40.0
+    assert table.loc["tiny EDSR (8x32) + ACLA", "delta_psnr"] == pytest.approx(table.loc["tiny EDSR (8x32) + ACLA", "ours_psnr"] - 40)
+    assert pd.isna(table.loc["tiny EDSR (8x32) + ACLA", "paper_ssim"])  # "—" is a blank, not a number
+    assert table.loc["bicubic", "paper_psnr"] == 12.5 and table.loc["tiny EDSR (8x32)", "paper_source"] == "n/a"
+
+    out = tmp_path / "out"
+    result = render_study(task_dir.parent, out / "tables", out / "figures", out / "README.md", tables)
+    assert result["tasks"] == ["sr"]
+    assert "| 40.00 |" in (out / "tables" / "sr.md").read_text()
+    front = (out / "README.md").read_text()
+    assert "table02_wide.csv: not read" in front and "Δ (ACLA − backbone)" in front
+    for name in ("alpha_trajectories", "insertion_map", "open_keys", "training_curves", "accuracy_vs_cost",
+                 "sampled_keys_sr_x2", "crops_sr_x2"):
+        assert (out / "figures" / f"{name}.png").is_file(), name
+
+
+def test_the_smoke_profile_is_the_reduced_study_the_issue_names() -> None:
+    study = load_study(ROOT / "params.yaml")
+    assert study.profile == "smoke"
+    assert {name: task.settings for name, task in study.tasks.items()} == {
+        "sr": ("sr_x2",), "denoise": ("denoise_color_s30",), "demosaic": ("demosaic",), "jpeg": ("jpeg_q20",)}
+    for task in study.tasks.values():
+        assert task.train.train_sets == ("bundled-train",) and task.evaluate.test_sets == ("bundled-test",)
