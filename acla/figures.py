@@ -44,8 +44,7 @@ def alpha_trajectories(study: Path, path: Path) -> Path | None:
     data = pd.concat(frames, ignore_index=True)
     grid = sns.relplot(data=data, x="iteration", y="sigmoid(alpha)", hue="block", col="setting", kind="line",
                        col_wrap=min(4, data.setting.nunique()), height=2.8, aspect=1.3, facet_kws={"sharex": False})
-    grid.set(ylim=(0, 1))
-    grid.figure.suptitle("Insertion search: sigmoid(alpha) per candidate block", y=1.03)
+    grid.figure.suptitle("Insertion search: sigmoid(alpha) per candidate block (y zoomed to the range reached)", y=1.03)
     return _save(grid.figure, path)
 
 

@@ -289,11 +289,22 @@ def render_study(study: Path, tables: Path, figures: Path, readme: Path, paper_t
                                                                               figures / f"sampled_keys_{setting_dir.name}.png")
                 drawn[f"crops {setting_dir.name}"] = draw.visual_crops(setting_dir, figures / f"crops_{setting_dir.name}.png")
         info = _provenance(task_dir, "evaluate")
-        parts.append(f"Profile `{info.get('profile', '?')}`, device `{info.get('device', '?')}`, data root "
-                     f"`{info.get('data_root') or 'none (bundled images)'}`, settings {info.get('settings', '?')}.\n")
+        train = info.get("train", {})
+        parts.append(f"Profile `{info.get('profile', '?')}`, device `{info.get('device', '?')}`, settings "
+                     f"{info.get('settings', '?')}; trained on {train.get('train_sets', '?')} for "
+                     f"{train.get('iterations', '?')} iterations (batch {train.get('batch_size', '?')}, patch "
+                     f"{train.get('patch_size', '?')}), backbone `{info.get('model', {}).get('backbone', '?')}`.\n")
         sections.append("\n".join(parts))
+    runs = [_provenance(d, "evaluate") for d in tasks]
+    profiles = sorted({info.get("profile", "?") for info in runs}) or ["none"]
+    devices = sorted({info.get("device", "?") for info in runs}) or ["none"]
+    roots = sorted({info.get("data_root") or "none (bundled images)" for info in runs}) or ["none"]
     lines = [
         "# Reports: the ACLA replication study\n",
+        f"**What was run:** `dvc repro` with profile {', '.join(f'`{p}`' for p in profiles)} on "
+        f"{', '.join(f'`{d}`' for d in devices)} (torch {runs[0].get('torch', '?') if runs else '?'}), "
+        f"tasks {', '.join(f'`{d.name}`' for d in tasks)}, data root {', '.join(f'`{r}`' for r in roots)}. "
+        "The training and test images of each row are named in its table.\n",
         "Everything here is written by `dvc repro` (the stages of `dvc.yaml`, the parameters of `params.yaml`); "
         "no number is typed by hand. Each task table has the columns paper / ours / delta / profile / stage; "
         "the paper column reads `../shared/paper/tables/*.csv` when such files exist (long form: setting, "
