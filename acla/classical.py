@@ -78,7 +78,7 @@ def classical_rows(image_sets: list[ImageSet], config: ClassicalConfig, *, progr
     one per CPU core; numpy's resizing and SSIM are single-threaded); results are gathered in job order,
     so the rows do not depend on the worker count."""
     jobs = [(image_set, task, config.seed) for image_set in image_sets for task in tasks_for_set(image_set.name, config)]
-    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    workers = max(1, min(len(jobs), workers or len(os.sched_getaffinity(0))))
     scores: dict[tuple[str, str, str, str], list[tuple[float, float]]] = {}
     with tqdm(total=len(jobs), desc="classical rows", unit="job", disable=not progress) as bar:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None

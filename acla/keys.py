@@ -56,13 +56,13 @@ def inspect_keys(model: torch.nn.Module, x: torch.Tensor, points: list[tuple[int
     for block, module in modules.items():
         query = queries[block]
         references = model.references[block]
-        per_query = module.open_key_counts[0].flatten().long() if module.adaptive else torch.full(
+        per_query = module.open_key_counts[0].flatten().long().cpu() if module.adaptive else torch.full(
             (query.shape[-2] * query.shape[-1],), module.keys_per_query)
         histogram = torch.bincount(per_query, minlength=module.keys_per_query + 1)
         counts += [{"block": block, "open_keys": k, "queries": int(n), "keys_per_query": module.keys_per_query}
                    for k, n in enumerate(histogram.tolist()) if k > 0]
-        positions = module.sampling_positions(query)[0]  # (H, W, R, K, 2) as (x, y)
-        gates = module.gates(query)[0] if module.adaptive else torch.ones(module.keys_per_query, *query.shape[-2:])
+        positions = module.sampling_positions(query)[0].float().cpu()  # (H, W, R, K, 2) as (x, y)
+        gates = module.gates(query)[0].cpu() if module.adaptive else torch.ones(module.keys_per_query, *query.shape[-2:])
         gates = gates.view(module.num_refs, module.num_keys, *query.shape[-2:])
         for y, x_ in points or query_points(*query.shape[-2:]):
             for r, layer in enumerate(references):
@@ -83,7 +83,8 @@ def key_report(model: torch.nn.Module, setting: str, set_name: str, out_dir: Pat
     image_set = open_set(set_name, data_root, verify=verify, crop=crop)
     name = image_set.image_names()[0]
     _, degraded = task.benchmark_pair(image_set.read(0), set_name, name, seed)
-    counts, keys = inspect_keys(model, network_input(degraded, task.channels)[None])
+    device = next(model.parameters()).device
+    counts, keys = inspect_keys(model, network_input(degraded, task.channels)[None].to(device))
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "open_keys.csv", counts.to_csv(index=False))
     atomic_write_text(out_dir / "sampled_keys.csv", keys.to_csv(index=False, float_format="%.4f"))

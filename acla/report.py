@@ -169,6 +169,8 @@ def task_table(task_dir: Path, paper: pd.DataFrame) -> pd.DataFrame:
         source = ""
         if len(match):
             paper_psnr, paper_ssim, source = match.psnr.iloc[0], match.ssim.iloc[0], match.source.iloc[0]
+            if len(match) > 1:  # the same row in several tables: the first file (sorted) wins, and says so
+                source += f" (first of {len(match)} matches: {', '.join(match.source)})"
         elif row.method not in ("backbone", "acla"):
             kind, short = task_columns(parse_task(row.setting))
             known = published[(published.task == kind) & (published.setting == short) & (published.set == row.set)
@@ -192,6 +194,7 @@ def headline(task_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
     wide = networks.pivot_table(index=["setting", "set"], columns="method", values=["psnr", "ssim"]).reset_index()
     wide.columns = ["_".join(c).strip("_") for c in wide.columns]
+    # the task's last classical method (bicubic, noisy input, bilinear, JPEG input): scores.csv keeps their order
     classical = scores[~scores.method.isin(["backbone", "acla"])].groupby(["setting", "set"]).last().reset_index()
     wide = wide.merge(classical[["setting", "set", "method", "psnr"]].rename(
         columns={"method": "classical", "psnr": "classical_psnr"}), on=["setting", "set"], how="left")
@@ -233,6 +236,7 @@ HEADLINE_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, Fal
 ABLATION_COLUMNS = {"setting": ("setting", 0, False), "variant": ("variant", 0, False),
                     "insert": ("after blocks", 0, False), "num_keys": ("K", 0, False),
                     "params": ("params", 0, False), "gflops": ("GFLOPs", 3, False), "latency_ms": ("latency ms", 1, False),
+                    "input": ("cost input", 0, False), "device": ("cost device", 0, False),
                     "val_psnr": ("val PSNR", 4, False), "delta_vs_backbone": ("Δ vs backbone", 4, True),
                     "val_ssim": ("val SSIM", 4, False), "iterations": ("iterations", 0, False),
                     "val_set": ("val set", 0, False)}
@@ -276,6 +280,8 @@ def render_study(study: Path, tables: Path, figures: Path, readme: Path, paper_t
         atomic_write_text(tables / f"{name}.md", f"# {name}: test sets\n\n" + markdown(table, TASK_COLUMNS))
         top = headline(task_dir)
         parts = [f"## {name}\n", markdown(top, HEADLINE_COLUMNS) if len(top) else "(no network rows)\n"]
+        if len(top) and "psnr_acla" not in top:
+            parts.append("The search kept no ACLA location for these settings, so there is no +ACLA model.\n")
         if (task_dir / "ablation" / "ablation.csv").is_file():
             ablation = ablation_table(task_dir)
             atomic_write_text(tables / f"{name}_ablation.csv", ablation.to_csv(index=False, float_format="%.6f"))

@@ -55,9 +55,9 @@ def variant_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[s
     ``acla`` (the searched locations). ``random`` draws as many locations as the search kept.
     """
     backbone = ModelSpec(setting, task.model.backbone)
+    if searched.attention == "none":  # the search kept no location: there is no +ACLA model to train
+        return {"backbone": backbone}
     variants = {"backbone": backbone, "acla": searched}
-    if searched.attention == "none":  # the search kept nothing: only the backbone is meaningful
-        return variants
     for attention in task.ablation.attentions:
         variants[attention] = replace(searched, attention=attention)
     for keys in task.ablation.num_keys:
@@ -180,7 +180,8 @@ class TaskStudy:
         trained for ``ablation.iterations`` (the smoke profile's cheaper, still equal, budget)."""
         iterations = self.config.ablation.iterations
         reuse = iterations in (0, self.config.train.iterations)
-        labels = [label for label in self.variants(self.settings[0]) if not (reuse and label in HEADLINE)]
+        labels = list(dict.fromkeys(label for setting in self.settings for label in self.variants(setting)
+                                    if not (reuse and label in HEADLINE)))
         trained = self._train("ablation", labels, iterations)
         if reuse:
             trained = pd.concat([pd.read_csv(self.reports / "retrain" / "runs.csv"), trained], ignore_index=True)
@@ -188,23 +189,53 @@ class TaskStudy:
 
     # ---------------------------------------------------------------------------------- evaluation
     def model(self, setting: str, label: str, step: str = "retrain") -> torch.nn.Module:
+        """A trained variant from its checkpoint, on the study's device, in eval mode."""
         spec = self.variants(setting)[label]
         path = self.runs / step / setting / slug(label) / "last.pt"
         model = spec.build()
         load_weights(model, load_checkpoint(path), spec, path)
-        return model.eval()
+        return model.to(self.device).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def test_sets(self, setting: str) -> list[str]:
+        """The sets ``evaluate`` scores: ``evaluate.test_sets``, else the task's benchmarks in the data root."""
+        from acla.evaluate import test_sets
+
+        return list(self.run_config(setting).evaluate.test_sets) or test_sets(parse_task(setting), self.data_root)
+
+    def explain(self, out: Path, *, trained: bool) -> dict | None:
+        """``01_module``: ACLA's sampled keys and open-key counts on the first test image of the first setting,
+        from the retrained model (``trained``) or a fresh tiny-size one with modules after blocks 2 and 4;
+        writes ``open_keys.csv``, ``sampled_keys.csv``, ``input.png`` and ``module_keys.png`` to ``out``.
+        None when the search kept no ACLA module."""
+        from acla.figures import sampled_keys
+        from acla.keys import key_report
+
+        setting = self.settings[0]
+        config = self.run_config(setting)
+        if trained:
+            if "acla" not in self.variants(setting):
+                return None
+            model = self.model(setting, "acla")
+        else:
+            model = ModelSpec(setting, config.model.backbone, "acla", (2, 4), num_keys=config.model.num_keys).build()
+        summary = key_report(model.to(self.device), setting, self.test_sets(setting)[0], out, data_root=self.data_root,
+                             crop=config.evaluate.crop or 96, seed=config.train.seed, verify=config.data.verify)
+        return summary | {"figure": str(sampled_keys(out, out / "module_keys.png"))}
 
     def evaluate(self) -> pd.DataFrame:
         """The classical rows, the backbone and +ACLA on every test set; crops; ACLA's keys on one image."""
-        from acla.evaluate import Inference, evaluate, test_sets
+        from acla.evaluate import Inference, evaluate
         from acla.keys import key_report
 
         rows = []
         out = self.reports / "evaluate"
         for setting in self.settings:
             config = self.run_config(setting)
-            task = parse_task(setting)
-            sets = list(config.evaluate.test_sets) or test_sets(task, self.data_root)
+            sets = self.test_sets(setting)
             rows += classical_scores(setting, sets, self.data_root, config.evaluate.crop, config.train.seed,
                                      config.data.verify, out / setting, config.evaluate.saved_crops)
             inference = Inference(config.evaluate.tile, config.evaluate.overlap, config.evaluate.self_ensemble)
@@ -213,10 +244,10 @@ class TaskStudy:
                     continue
                 mean = evaluate(self.model(setting, label), setting, out / setting / slug(label), data_root=self.data_root,
                                 sets=sets, inference=inference, seed=config.train.seed, crops=config.evaluate.saved_crops,
-                                verify=config.data.verify, crop=config.evaluate.crop)
+                                verify=config.data.verify, crop=config.evaluate.crop, device=self.device)
                 rows += [{"setting": setting, "method": label, "set": r["set"], "psnr": r["psnr"], "ssim": r["ssim"],
                           "n_images": r["n_images"]} for r in mean.to_dict(orient="records")]
-            if self.variants(setting)["acla"].attention == "acla":
+            if "acla" in self.variants(setting):
                 key_report(self.model(setting, "acla"), setting, sets[0], out / setting / "keys", data_root=self.data_root,
                            crop=config.evaluate.crop, seed=config.train.seed, verify=config.data.verify)
         save_provenance(self, "evaluate")
@@ -237,7 +268,7 @@ class TaskStudy:
         from acla.efficiency import profile
 
         rows = []
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = self.device
         for setting in self.settings:
             task = parse_task(setting)
             shape = (1, task.channels, *self.config.efficiency.input_size)

@@ -108,6 +108,20 @@ class ModelSpec:
                            **self.attention_options())
 
 
+# The sources whose change changes what training computes; a checkpoint records their digest so that the
+# pipeline's automatic resume never continues (or reuses) weights that older code trained.
+TRAINING_SOURCES = ("models/attention.py", "models/backbones.py", "train.py", "tasks.py", "degradations.py",
+                    "images.py", "data/patches.py", "metrics.py")
+
+
+def source_digest() -> str:
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in TRAINING_SOURCES:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def config_hash(spec: ModelSpec, train: TrainConfig) -> str:
     text = json.dumps({"model": spec.as_dict(), "train": dataclasses.asdict(train)}, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -321,14 +335,22 @@ class TrainResult:
 
 
 def resumable(path: Path, digest: str) -> bool:
-    """Whether ``path`` is a readable checkpoint of this very model and config (``resume="auto"``)."""
+    """Whether ``path`` is a readable checkpoint of this very model and config, trained by this very code
+    (``resume="auto"``); otherwise the run starts afresh and says why."""
     if not path.is_file():
         return False
     try:
-        return load_checkpoint(path)["config_hash"] == digest
+        state = load_checkpoint(path)
     except CheckpointError as error:
         print(f"not resuming: {error}", flush=True)
         return False
+    if state["config_hash"] != digest:
+        print(f"not resuming {path}: made with another config", flush=True)
+        return False
+    if state.get("source_digest") != source_digest():
+        print(f"not resuming {path}: made by other training code ({', '.join(TRAINING_SOURCES)})", flush=True)
+        return False
+    return True
 
 
 def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Path | None = None,
@@ -398,6 +420,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "ema": ema.shadow if ema else None, "rng": rng_states(), "iteration": iteration,
                 "best_psnr": best_psnr, "architecture": spec.as_dict(), "config_hash": digest,
+                "source_digest": source_digest(),
                 "config": {"model": spec.as_dict(), "train": dataclasses.asdict(settings)}}
 
     last_psnr = last_ssim = float("nan")

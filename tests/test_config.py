@@ -8,6 +8,7 @@ import pytest
 from conftest import study_params
 
 from acla.config import PROFILES, ClassicalConfig, ConfigError, load_config, load_study
+from acla.tasks import parse_task
 
 ROOT = Path(__file__).parents[1]
 
@@ -112,3 +113,16 @@ def test_bad_edits_of_the_repository_file_name_the_key(tmp_path: Path, edit, mes
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_gpu_patches_fit_the_smallest_training_image_of_the_data_root(data_root: Path) -> None:
+    import csv
+
+    rows = list(csv.DictReader((data_root / "MANIFEST.csv").open()))
+    study = load_study(ROOT / "params.yaml", "gpu")
+    for name, task in study.tasks.items():
+        sides = [min(int(r["width"]), int(r["height"])) for r in rows if r["set"] in task.train.train_sets]
+        assert sides, f"{name}: no training images of {task.train.train_sets} in the manifest"
+        assert task.train.patch_size <= min(sides), name
+        for setting in task.settings:
+            assert task.train.patch_size % parse_task(setting).scale == 0, setting

@@ -34,7 +34,7 @@ def test_every_ablation_variant_changes_one_thing_relative_to_the_searched_model
 
 def test_a_search_that_keeps_nothing_leaves_only_the_backbone() -> None:
     task = TaskConfig(settings=("sr_x2",))
-    assert list(variant_specs(task, "sr_x2", ModelSpec("sr_x2", "tiny", "none", "none"))) == ["backbone", "acla"]
+    assert list(variant_specs(task, "sr_x2", ModelSpec("sr_x2", "tiny", "none", "none"))) == ["backbone"]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,13 @@ def test_auto_resume_continues_a_finished_run_and_restarts_after_a_config_change
     longer = replace(config, train=replace(config.train, iterations=config.train.iterations + 2))
     train(spec, longer, tmp_path, resume="auto", progress=False)  # another config: starts afresh, no error
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == config.train.iterations + 2
+
+    from acla.train import resumable, save_checkpoint
+
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert resumable(tmp_path / "last.pt", state["config_hash"])
+    save_checkpoint(tmp_path / "last.pt", state | {"source_digest": "older code"})
+    assert not resumable(tmp_path / "last.pt", state["config_hash"])  # weights of other training code are not reused
 
 
 def test_the_paper_column_reads_tables_added_later_without_code_changes(ci_study, tmp_path: Path) -> None:
