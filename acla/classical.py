@@ -17,7 +17,7 @@ import argparse
 import io
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -60,16 +60,28 @@ def task_columns(task: Task) -> tuple[str, str]:
     return "jpeg", f"q{task.quality}"
 
 
-def _score_job(job: tuple[ImageSet, Task, int]) -> list[tuple[tuple[str, str, str, str], tuple[float, float]]]:
-    """Scores of one (set, task) pair over the set's images, in image order."""
+def score_set(image_set: ImageSet, task: Task, seed: int,
+              visit: Callable[[int, str, np.ndarray, dict[str, np.ndarray]], None] | None = None,
+              ) -> dict[str, list[tuple[float, float]]]:
+    """Method -> per-image (PSNR, SSIM) of the task's classical methods over the set, in image order.
+    ``visit(index, name, target, outputs)`` sees each image's outputs (the study saves visual crops)."""
+    scores: dict[str, list[tuple[float, float]]] = {}
+    for index, (image_name, image) in enumerate(image_set):
+        target, degraded = task.benchmark_pair(image, image_set.name, image_name, seed)
+        outputs = task.classical(degraded)
+        for method, output in outputs.items():
+            scores.setdefault(method, []).append(task.score(output, target))
+        if visit is not None:
+            visit(index, image_name, target, outputs)
+    return scores
+
+
+def _score_job(job: tuple[ImageSet, Task, int]) -> list[tuple[tuple[str, str, str, str], list[tuple[float, float]]]]:
+    """``score_set`` for the process pool, keyed as the CSV's (task, set, setting, method)."""
     image_set, task, seed = job
     task_name, setting = task_columns(task)
-    scores = []
-    for image_name, image in image_set:
-        target, degraded = task.benchmark_pair(image, image_set.name, image_name, seed)
-        for method, output in task.classical(degraded).items():
-            scores.append(((task_name, image_set.label, setting, method), task.score(output, target)))
-    return scores
+    return [((task_name, image_set.label, setting, method), values)
+            for method, values in score_set(image_set, task, seed).items()]
 
 
 def classical_rows(image_sets: list[ImageSet], config: ClassicalConfig, *, progress: bool = True,
@@ -84,8 +96,8 @@ def classical_rows(image_sets: list[ImageSet], config: ClassicalConfig, *, progr
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
             for results in (pool.map(_score_job, jobs) if pool else map(_score_job, jobs)):
-                for key, score in results:
-                    scores.setdefault(key, []).append(score)
+                for key, values in results:
+                    scores.setdefault(key, []).extend(values)
                 bar.update()
         finally:
             if pool:

@@ -287,23 +287,25 @@ def classical_scores(setting: str, sets: list[str], data_root: Path | None, crop
                      verify: bool, out: Path | None = None, saved_crops: int = 0) -> list[dict]:
     """The classical methods of ``setting`` on exactly the images (and crops) the networks see; the
     ground truth's and the classical outputs' visual crops go beside the networks' (``out/<method>/crops``)."""
+    from acla.classical import score_set
     from acla.evaluate import centre, save_png
 
     task = parse_task(setting)
-    scores: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    rows = []
     for set_name in sets:
         image_set = open_set(set_name, data_root, verify=verify, crop=crop)
-        for index, (name, image) in enumerate(image_set):
-            target, degraded = task.benchmark_pair(image, set_name, name, seed)
-            outputs = task.classical(degraded)
-            for method, output in outputs.items():
-                scores.setdefault((method, image_set.label), []).append(task.score(output, target))
+
+        def save_crops(index: int, name: str, target: np.ndarray, outputs: dict[str, np.ndarray],
+                       set_name: str = set_name) -> None:
             if out is not None and index < saved_crops:
                 for method, output in {"ground truth": target, **outputs}.items():
                     save_png(out / slug(method) / "crops" / f"{set_name}_{name}.png", centre(output, 96))
-    return [{"setting": setting, "method": method, "set": label, "psnr": float(np.mean([s[0] for s in values])),
-             "ssim": float(np.mean([s[1] for s in values])), "n_images": len(values)}
-            for (method, label), values in scores.items()]
+
+        for method, values in score_set(image_set, task, seed, save_crops).items():
+            rows.append({"setting": setting, "method": method, "set": image_set.label,
+                         "psnr": float(np.mean([v[0] for v in values])), "ssim": float(np.mean([v[1] for v in values])),
+                         "n_images": len(values)})
+    return rows
 
 
 def open_task(task: str, params: str | Path = "params.yaml", *, profile: str | None = None,
