@@ -10,23 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from acla.config import ConfigError, load_config
 from acla.data.sets import DataError, resolve_data_root
 from acla.images import ImageReadError
-
-
-def model_from_checkpoint(path: str) -> tuple[torch.nn.Module, object]:
-    from acla.train import ModelSpec, load_checkpoint, load_weights
-
-    state = load_checkpoint(path)
-    spec = ModelSpec.from_dict(state["architecture"])
-    model = spec.build()
-    load_weights(model, state, spec, Path(path))
-    return model, spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from acla.evaluate import Inference, evaluate, restore
     from acla.search import search
     from acla.tasks import parse_task
-    from acla.train import CheckpointError, ModelSpec, train
+    from acla.train import CheckpointError, ModelSpec, load_model, train
 
     try:
         config = load_config(args.config, args.profile)
@@ -97,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"best_psnr": result.best_psnr, "last_psnr": result.last_psnr,
                               "last_ssim": result.last_ssim, "checkpoint": str(result.checkpoint)}))
         elif args.verb in ("evaluate", "restore"):
-            model, spec = model_from_checkpoint(args.checkpoint)
+            model, spec = load_model(args.checkpoint)
             if spec.task != task.name:
                 raise ValueError(f"--checkpoint {args.checkpoint} is for task {spec.task!r}, not --task {args.task!r}")
             inference = Inference(args.tile, args.overlap, args.self_ensemble, args.auto_tile)

@@ -26,7 +26,7 @@ from acla.evaluate import evaluate
 from acla.files import atomic_write_text
 from acla.search import search
 from acla.tasks import parse_task
-from acla.train import ModelSpec, load_checkpoint, load_weights, train
+from acla.train import ModelSpec, load_model, train
 
 
 def chain(task: str, config: Config, out: Path, data_root: Path | None) -> dict:
@@ -40,8 +40,7 @@ def chain(task: str, config: Config, out: Path, data_root: Path | None) -> dict:
     result = train(spec, config, out / "retrain", data_root=data_root)
     timings["retrain_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    model = spec.build()
-    load_weights(model, load_checkpoint(result.checkpoint), spec, result.checkpoint)
+    model, _ = load_model(result.checkpoint, spec)
     mean = evaluate(model, task, out / "evaluate", data_root=data_root, seed=config.train.seed,
                     verify=config.data.verify)
     timings["evaluate_s"] = time.perf_counter() - start

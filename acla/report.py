@@ -36,25 +36,11 @@ def compare(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def _cell(value: float, digits: int) -> str:
-    return "n/a" if pd.isna(value) else f"{value:.{digits}f}"
-
-
-def _signed(value: float, digits: int) -> str:
-    return "n/a" if pd.isna(value) else f"{value:+.{digits}f}"
-
-
-def markdown_table(comparison: pd.DataFrame) -> str:
-    header = ("| task | set | setting | method | images | PSNR ours | PSNR published | Δ PSNR | "
-              "SSIM ours | SSIM published | Δ SSIM |")
-    lines = [header, "|" + "---|" * 11]
-    for row in comparison.itertuples(index=False):
-        lines.append(
-            f"| {row.task} | {row.set} | {row.setting} | {row.method} | {row.n_images} | "
-            f"{_cell(row.psnr, 4)} | {_cell(row.published_psnr, 2)} | {_signed(row.delta_psnr, 4)} | "
-            f"{_cell(row.ssim, 5)} | {_cell(row.published_ssim, 4)} | {_signed(row.delta_ssim, 5)} |"
-        )
-    return "\n".join(lines) + "\n"
+CLASSICAL_COLUMNS = {"task": ("task", 0, False), "set": ("set", 0, False), "setting": ("setting", 0, False),
+                     "method": ("method", 0, False), "n_images": ("images", 0, False), "psnr": ("PSNR ours", 4, False),
+                     "published_psnr": ("PSNR published", 2, False), "delta_psnr": ("Δ PSNR", 4, True),
+                     "ssim": ("SSIM ours", 5, False), "published_ssim": ("SSIM published", 4, False),
+                     "delta_ssim": ("Δ SSIM", 5, True)}
 
 
 def render_classical(rows_csv: Path, out_md: Path) -> pd.DataFrame:
@@ -63,7 +49,7 @@ def render_classical(rows_csv: Path, out_md: Path) -> pd.DataFrame:
         "# Classical rows\n\n"
         f"Measured by `python -m acla.classical` ({rows_csv.name}); published values from "
         "`acla/resources/published_classical.csv` (n/a: none given). Sets marked partial are never "
-        "compared with a full-set published number.\n\n" + markdown_table(comparison)
+        "compared with a full-set published number.\n\n" + markdown(comparison, CLASSICAL_COLUMNS)
     )
     atomic_write_text(out_md, text)
     return comparison

@@ -33,7 +33,7 @@ from acla.data.sets import resolve_data_root
 from acla.files import atomic_write_text
 from acla.models.backbones import BACKBONES, insertion_locations
 from acla.tasks import parse_task
-from acla.train import ModelSpec, load_checkpoint, load_weights, train
+from acla.train import ModelSpec, load_model, train
 
 HEADLINE = ("backbone", "acla")  # the pair of the task tables, trained by ``retrain``
 
@@ -190,10 +190,7 @@ class TaskStudy:
     # ---------------------------------------------------------------------------------- evaluation
     def model(self, setting: str, label: str, step: str = "retrain") -> torch.nn.Module:
         """A trained variant from its checkpoint, on the study's device, in eval mode."""
-        spec = self.variants(setting)[label]
-        path = self.runs / step / setting / slug(label) / "last.pt"
-        model = spec.build()
-        load_weights(model, load_checkpoint(path), spec, path)
+        model, _ = load_model(self.runs / step / setting / slug(label) / "last.pt", self.variants(setting)[label])
         return model.to(self.device).eval()
 
     @property
@@ -322,16 +319,12 @@ def open_task(task: str, params: str | Path = "params.yaml", *, profile: str | N
     return TaskStudy(task, study, Path(reports) / task, Path(runs) / task, root, progress)
 
 
-def summary_json(task: TaskStudy) -> dict:
-    """What was run, for the report's provenance line."""
-    config = task.config
-    return {"task": task.name, "profile": task.study.profile, "settings": list(task.settings),
-            "train": dataclasses.asdict(config.train), "model": dataclasses.asdict(config.model),
-            "data_root": str(task.data_root) if task.data_root else None}
-
-
 def save_provenance(task: TaskStudy, step: str) -> None:
-    """``<step>/provenance.json``: profile, device, settings, data root (the report labels rows with it)."""
+    """``<step>/provenance.json``: what was run (profile, device, settings, training, data root); the report
+    labels its rows with it."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    info = summary_json(task) | {"step": step, "device": device, "torch": torch.__version__}
+    info = {"task": task.name, "profile": task.study.profile, "settings": list(task.settings),
+            "train": dataclasses.asdict(task.config.train), "model": dataclasses.asdict(task.config.model),
+            "data_root": str(task.data_root) if task.data_root else None,
+            "step": step, "device": device, "torch": torch.__version__}
     atomic_write_text(task.reports / step / "provenance.json", json.dumps(info, indent=2, default=str) + "\n")

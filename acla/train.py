@@ -222,6 +222,16 @@ def load_weights(model: torch.nn.Module, state: dict, spec: ModelSpec, path: Pat
         raise CheckpointError(f"checkpoint {path} does not fit the model: {error}") from error
 
 
+
+def load_model(path: str | Path, spec: ModelSpec | None = None) -> tuple[RestorationNet, ModelSpec]:
+    """The model a checkpoint holds, and its spec. With ``spec`` given, the checkpoint must be of exactly
+    that architecture (the study asks for a variant by name); without, the checkpoint says what to build."""
+    state = load_checkpoint(path)
+    spec = spec or ModelSpec.from_dict(state["architecture"])
+    model = spec.build()
+    load_weights(model, state, spec, Path(path))
+    return model, spec
+
 # --------------------------------------------------------------------------------------------
 # Pieces of the loop
 # --------------------------------------------------------------------------------------------
