@@ -118,12 +118,24 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def run(data_root: Path | None, config: ClassicalConfig, out: Path, *, verify: bool = True, progress: bool = True) -> pd.DataFrame:
+def run(data_root: Path | None, config: ClassicalConfig, out: Path, *, verify: bool = True, progress: bool = True,
+        profile: str | None = None) -> pd.DataFrame:
+    """Score every classical row into ``out``; with ``profile``, ``classical_provenance.json`` goes beside it
+    (device, torch, commit, date, wall time: the study's front page sums the wall times)."""
+    import json
+    import time
+
+    from acla.provenance import run_record
+
+    start = time.perf_counter()
     names = list(config.sets) or available_sets(data_root) or [BUNDLED_TEST]
     evaluable = [name for name in names if name not in SETS or SETS[name].tasks != ("train",)]
     image_sets = [open_set(name, data_root, verify=verify) for name in evaluable]
     frame = classical_rows(image_sets, config, progress=progress)
     write_csv(frame, out)
+    if profile:
+        record = {"step": "classical", **run_record(profile, data_root, time.perf_counter() - start, "cpu")}
+        atomic_write_text(Path(out).with_name("classical_provenance.json"), json.dumps(record, indent=2) + "\n")
     return frame
 
 

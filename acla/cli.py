@@ -1,4 +1,4 @@
-"""``python -m acla search|train|evaluate|profile|restore``: the study's steps from a shell.
+"""``python -m acla search|train|evaluate|profile|restore|gpu-check``: the study's steps from a shell.
 
 Every verb reads ``--config params.yaml`` (profile from the file, or ``--profile``) and a ``--task``
 name (sr_x2, sr_x3, sr_x4, denoise_color_s30, denoise_gray_s25, demosaic, jpeg_q20, ...). Errors
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--input-size", type=int, nargs=2, default=(48, 48), metavar=("H", "W"),
                          help="network input size (LR size for SR)")
     profile.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+    from acla.gpu_check import __doc__ as gpu_check_doc, add_arguments as gpu_check_arguments
+
+    gpu_check_arguments(verbs.add_parser("gpu-check", help="correctness, speed and learning of this machine's torch "
+                                         "(reports/gpu/<device>/)", description=gpu_check_doc,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -73,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     from acla.train import CheckpointError, ModelSpec, load_model, train
 
     try:
+        if args.verb == "gpu-check":
+            from acla.gpu_check import run
+
+            return run(args, from_command_line=argv is None)  # the command line's budget counts from process start
         config = load_config(args.config, args.profile)
         task = parse_task(args.task)
         data_root = resolve_data_root(args.data_root, config.data.root)

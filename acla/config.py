@@ -24,8 +24,10 @@ from typing import Any
 import yaml
 
 # ci: the size the notebooks default to, so nbval runs each in seconds; smoke: the default study (CPU,
-# minutes); gpu: one GPU, about an hour a task; paper: the schedule of spec.md section 6.
-PROFILES = ("smoke", "gpu", "paper", "ci")
+# minutes, a pipeline check); cpu: learned results on the real benchmarks in at most 90 minutes on 2 cores;
+# gpu: one GPU, a few minutes a task; paper: the schedule of spec.md section 6. Listed from the most
+# informative to the least: the front page of reports/ shows the profiles present in this order.
+PROFILES = ("paper", "gpu", "cpu", "smoke", "ci")
 TASKS = ("sr", "denoise", "demosaic", "jpeg")
 
 
@@ -172,6 +174,21 @@ class EvaluateConfig:
                 raise ValueError(f"evaluate.{name} must be >= 0, got {getattr(self, name)}")
 
 
+@dataclass(frozen=True)
+class HeadlineConfig:
+    """The task tables' comparison: these variants, each trained from scratch once per seed at one budget."""
+
+    variants: tuple[str, ...] = ("backbone", "acla")  # backbone, acla (searched places), and optionally cla
+    seeds: tuple[int, ...] = (0,)  # one training run per seed; tables show mean ± std over them
+
+    def __post_init__(self) -> None:
+        allowed = ("backbone", "acla", "cla")
+        if "backbone" not in self.variants or any(v not in allowed for v in self.variants):
+            raise ValueError(f"headline.variants: {list(self.variants)} must include 'backbone' and only use {allowed}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"headline.seeds: {list(self.seeds)} must be a non-empty list of distinct seeds")
+
+
 ABLATION_INSERTIONS = ("every", "four-stages", "random")
 
 
@@ -237,6 +254,7 @@ class Sections:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    headline: HeadlineConfig = field(default_factory=HeadlineConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
 
@@ -245,7 +263,8 @@ class Sections:
 class TaskConfig(Sections):
     """One task of the study (sr, denoise, demosaic or jpeg), resolved for the active profile."""
 
-    settings: tuple[str, ...] = ()  # task names: sr_x2, denoise_color_s30, demosaic, jpeg_q20, ...
+    settings: tuple[str, ...] = ()  # task names: sr_x2, denoise_color_s30, demosaic, jpeg_q20, ...; a profile's
+    #                                 empty list skips the task (its stages write only a provenance.json saying so)
 
 
 @dataclass(frozen=True)
@@ -379,7 +398,7 @@ def load_study(path: str | Path = "params.yaml", profile: str | None = None) -> 
             own, own_override = _split_profiles(tasks_raw[name] or {}, profile, f"tasks.{name}")
             merged = _merge(_merge(_merge(defaults, own), defaults_override), own_override)
             task = _build(TaskConfig, merged, f"tasks.{name}")
-            if not task.settings:
+            if not own.get("settings"):  # a profile may empty the list (it skips the task); the task's own may not
                 raise ConfigError(f"tasks.{name}.settings: empty; list at least one setting (e.g. {_EXAMPLES[name]})")
             for setting in task.settings:
                 try:

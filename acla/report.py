@@ -14,6 +14,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from acla.files import atomic_write_text
@@ -137,18 +138,63 @@ def _provenance(task_dir: Path, step: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def seed_spread(frame: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
+    """Mean, sample std (ddof 1; NaN for one seed), n and the per-seed values of ``values`` over the rows of each
+    ``by`` group: the one place every table and headline gets its spread from. Rows without a ``seed``
+    column (or with NaN seeds: classical methods) count as one draw."""
+    records = []
+    for key, group in frame.groupby(by, sort=False, dropna=False):
+        record = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        seeds = group["seed"] if "seed" in group else pd.Series([float("nan")] * len(group))
+        record["n_seeds"] = int(seeds.notna().sum())
+        record["seeds"] = " ".join(str(int(v)) for v in seeds.dropna())
+        for value in values:
+            column = group[value].astype(float)
+            record[f"{value}_mean"] = column.mean()
+            record[f"{value}_std"] = column.std(ddof=1) if len(column) > 1 else float("nan")
+            record[f"{value}_per_seed"] = " ".join(f"{v:.4f}" for v in column)
+        for extra in ("n_images",):
+            if extra in group:
+                record[extra] = group[extra].iloc[0]
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def published_results() -> pd.DataFrame:
+    """Published results of well-known methods (``acla/resources/published_results.csv``), each row citing its
+    paper and table; empty when the file is absent."""
+    columns = ["task", "set", "setting", "method", "psnr", "ssim", "source", "citation"]
+    path = resources.files("acla.resources").joinpath("published_results.csv")
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    with path.open() as handle:
+        return pd.read_csv(handle)
+
+
+NETWORKS = ("backbone", "acla", "cla")
+
+
+def _scores(task_dir: Path) -> pd.DataFrame:
+    scores = pd.read_csv(task_dir / "evaluate" / "scores.csv")
+    return scores if "seed" in scores else scores.assign(seed=float("nan"))
+
+
 def task_table(task_dir: Path, paper: pd.DataFrame) -> pd.DataFrame:
-    """One task's rows (setting x method x test set) with paper, ours, delta, profile and stage columns."""
+    """One task's rows (setting x test set x method): ours as mean ± std over seeds (per-seed values kept),
+    the classical rows, the literature rows of the same benchmark (never beside a partial set) and the
+    paper's, with profile and stage columns."""
     from acla.classical import task_columns
     from acla.tasks import parse_task
 
-    scores = pd.read_csv(task_dir / "evaluate" / "scores.csv")
     info = _provenance(task_dir, "evaluate")
     backbone = info.get("model", {}).get("backbone", "?")
     published = published_classical()
+    literature = published_results()
+    spread = seed_spread(_scores(task_dir), ["setting", "set", "method"], ["psnr", "ssim"])
     rows = []
-    for row in scores.itertuples(index=False):
+    for row in spread.itertuples(index=False):
         label = method_label(row.method, backbone)
+        network = row.method in NETWORKS
         match = paper[(paper.setting == row.setting) & (paper.set.map(_normalise) == _normalise(row.set))
                       & (paper.method.map(_normalise) == _normalise(label))]
         paper_psnr = paper_ssim = float("nan")
@@ -157,39 +203,134 @@ def task_table(task_dir: Path, paper: pd.DataFrame) -> pd.DataFrame:
             paper_psnr, paper_ssim, source = match.psnr.iloc[0], match.ssim.iloc[0], match.source.iloc[0]
             if len(match) > 1:  # the same row in several tables: the first file (sorted) wins, and says so
                 source += f" (first of {len(match)} matches: {', '.join(match.source)})"
-        elif row.method not in ("backbone", "acla"):
+        elif not network:
             kind, short = task_columns(parse_task(row.setting))
             known = published[(published.task == kind) & (published.setting == short) & (published.set == row.set)
                               & (published.method == row.method)]
             if len(known):
                 paper_psnr, paper_ssim, source = known.psnr.iloc[0], known.ssim.iloc[0], "published classical row"
-        stage = f"evaluate@{task_dir.name}" + (" (classical method)" if row.method not in ("backbone", "acla") else "")
-        rows.append({"setting": row.setting, "set": row.set, "method": label, "n_images": row.n_images,
-                     "paper_psnr": paper_psnr, "ours_psnr": row.psnr, "delta_psnr": row.psnr - paper_psnr,
-                     "paper_ssim": paper_ssim, "ours_ssim": row.ssim, "delta_ssim": row.ssim - paper_ssim,
+        stage = f"evaluate@{task_dir.name}" + ("" if network else " (classical method)")
+        rows.append({"setting": row.setting, "set": row.set, "method": label, "kind": "ours" if network else "classical",
+                     "n_images": row.n_images, "n_seeds": row.n_seeds if network else 0,
+                     "paper_psnr": paper_psnr, "ours_psnr": row.psnr_mean, "ours_psnr_std": row.psnr_std,
+                     "delta_psnr": row.psnr_mean - paper_psnr, "paper_ssim": paper_ssim, "ours_ssim": row.ssim_mean,
+                     "ours_ssim_std": row.ssim_std, "delta_ssim": row.ssim_mean - paper_ssim,
+                     "psnr_per_seed": row.psnr_per_seed if network else "", "seeds": row.seeds,
                      "profile": info.get("profile", "?"), "device": info.get("device", "?"), "stage": stage,
                      "paper_source": source or "n/a"})
+        if row.method == "backbone":  # the literature rows of this benchmark, once per (setting, set)
+            rows += literature_rows(literature, row.setting, row.set)
     return pd.DataFrame(rows)
 
 
+def literature_rows(literature: pd.DataFrame, setting: str, set_label: str) -> list[dict]:
+    """Published rows of other methods for ``setting`` on the set labelled ``set_label``, marked as literature.
+    A partial or cropped set (``Urban100 (partial 19/100)``) matches nothing: a full-set number is never
+    put beside it."""
+    from acla.classical import task_columns
+    from acla.tasks import parse_task
+
+    kind, short = task_columns(parse_task(setting))
+    found = literature[(literature.task == kind) & (literature.setting == short) & (literature.set == set_label)]
+    return [{"setting": setting, "set": set_label, "method": r.method, "kind": "literature", "n_images": float("nan"),
+             "n_seeds": float("nan"), "paper_psnr": float("nan"), "ours_psnr": r.psnr, "ours_psnr_std": float("nan"),
+             "delta_psnr": float("nan"), "paper_ssim": float("nan"), "ours_ssim": r.ssim, "ours_ssim_std": float("nan"),
+             "delta_ssim": float("nan"), "psnr_per_seed": "", "seeds": "", "profile": "literature", "device": "",
+             "stage": "acla/resources/published_results.csv", "paper_source": r.source}
+            for r in found.itertuples(index=False)]
+
+
 def headline(task_dir: Path) -> pd.DataFrame:
-    """Backbone vs +ACLA at equal training budget, per setting and test set, with the delta (either sign)."""
-    scores = pd.read_csv(task_dir / "evaluate" / "scores.csv")
-    networks = scores[scores.method.isin(["backbone", "acla"])]
+    """Every network against the backbone at equal training budget, per setting and test set: mean ± std over
+    seeds, the classical row, and each difference with its standard error (independent seeds:
+    sqrt(s_a²/n_a + s_b²/n_b)); "exceeds noise" when |Δ| is more than twice that."""
+    scores = _scores(task_dir)
+    networks = seed_spread(scores[scores.method.isin(NETWORKS)], ["setting", "set", "method"], ["psnr", "ssim"])
     if networks.empty:
         return pd.DataFrame()
-    wide = networks.pivot_table(index=["setting", "set"], columns="method", values=["psnr", "ssim"]).reset_index()
-    wide.columns = ["_".join(c).strip("_") for c in wide.columns]
     # the task's last classical method (bicubic, noisy input, bilinear, JPEG input): scores.csv keeps their order
-    classical = scores[~scores.method.isin(["backbone", "acla"])].groupby(["setting", "set"]).last().reset_index()
-    wide = wide.merge(classical[["setting", "set", "method", "psnr"]].rename(
-        columns={"method": "classical", "psnr": "classical_psnr"}), on=["setting", "set"], how="left")
-    if "psnr_acla" in wide:
-        wide["delta_psnr"] = wide["psnr_acla"] - wide["psnr_backbone"]
-        wide["delta_ssim"] = wide["ssim_acla"] - wide["ssim_backbone"]
+    classical = scores[~scores.method.isin(NETWORKS)].groupby(["setting", "set"]).last().reset_index()
+    wide = classical[["setting", "set", "method", "psnr"]].rename(columns={"method": "classical", "psnr": "classical_psnr"})
+    for method in [m for m in NETWORKS if m in set(networks.method)]:
+        part = networks[networks.method == method][["setting", "set", "psnr_mean", "psnr_std", "n_seeds",
+                                                     "psnr_per_seed", "ssim_mean"]]
+        wide = wide.merge(part.rename(columns=lambda c: c if c in ("setting", "set") else f"{method}_{c}"),
+                          on=["setting", "set"], how="right" if method == "backbone" else "left")
+    for method in ("acla", "cla"):
+        if f"{method}_psnr_mean" in wide:
+            error = np.sqrt(wide[f"{method}_psnr_std"].fillna(0) ** 2 / wide[f"{method}_n_seeds"]
+                            + wide["backbone_psnr_std"].fillna(0) ** 2 / wide["backbone_n_seeds"])
+            wide[f"delta_{method}"] = wide[f"{method}_psnr_mean"] - wide["backbone_psnr_mean"]
+            wide[f"delta_{method}_se"] = error.where(wide[f"{method}_n_seeds"].gt(1) & wide["backbone_n_seeds"].gt(1))
+            wide[f"delta_{method}_verdict"] = [
+                "n/a (one seed)" if pd.isna(se) else ("exceeds noise" if abs(d) > 2 * se else "within noise")
+                for d, se in zip(wide[f"delta_{method}"], wide[f"delta_{method}_se"])]
     runs = pd.read_csv(task_dir / "retrain" / "runs.csv")
     wide["iterations"] = runs.iterations.iloc[0]
     return wide
+
+
+def not_above_classical(top: pd.DataFrame) -> list[str]:
+    """Network rows whose mean is not above the classical row by more than their seed spread (std; with one
+    seed, any margin counts)."""
+    found = []
+    for r in top.to_dict(orient="records"):
+        for m in NETWORKS:
+            if f"{m}_psnr_mean" in r and not pd.isna(r[f"{m}_psnr_mean"]):
+                margin = r[f"{m}_psnr_mean"] - r["classical_psnr"]
+                spread = 0.0 if pd.isna(r[f"{m}_psnr_std"]) else r[f"{m}_psnr_std"]
+                if not margin > spread:
+                    found.append(f"{m} on {r['set']} ({r['setting']}): {margin:+.3f} dB over {r['classical']}, "
+                                 f"std {spread:.3f}")
+    return found
+
+
+def budget_to_reach(curves: pd.DataFrame, target: float) -> dict:
+    """Where a validation curve (``val/psnr`` against ``step``, mean over seeds) stands against ``target``:
+    the last value, the first step that reached it, or else the step at which a straight-line fit of PSNR
+    against log(step) over the curve's second half would reach it (an extrapolation, said as one)."""
+    curve = curves[curves.metric == "val/psnr"].groupby("step").value.mean().sort_index()
+    if curve.empty:
+        return {}
+    reached = curve[curve >= target]
+    result = {"last_step": int(curve.index[-1]), "last_psnr": float(curve.iloc[-1]), "target": target}
+    if len(reached):
+        return result | {"reached_at": int(reached.index[0])}
+    half = curve[curve.index >= curve.index[-1] / 2]
+    if len(half) >= 2:
+        slope, intercept = np.polyfit(np.log(half.index.to_numpy(dtype=float)), half.to_numpy(), 1)
+        if slope > 0:
+            result["extrapolated_step"] = float(np.exp((target - intercept) / slope))
+        result["db_per_doubling"] = float(slope * np.log(2))
+    return result
+
+
+def _pm(mean: object, std: object, n: object, digits: int = 2) -> str:
+    """``32.10 ± 0.05 (n=3)``; a single draw shows no ±."""
+    if mean is None or pd.isna(mean):
+        return "n/a"
+    spread = "" if std is None or pd.isna(std) else f" ± {std:.{digits}f}"
+    count = "" if n is None or pd.isna(n) else f" (n={int(n)})"
+    return f"{mean:.{digits}f}{spread}{count}"
+
+
+def headline_markdown(top: pd.DataFrame) -> str:
+    """The headline as Markdown: classical, each network as mean ± std (n seeds), Δ ± standard error."""
+    methods = [m for m in NETWORKS if f"{m}_psnr_mean" in top]
+    header = ["setting", "test set", "classical (PSNR)", *(f"{m} PSNR" for m in methods),
+              *(f"Δ {m} − backbone" for m in methods if m != "backbone"), "iterations"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in top.to_dict(orient="records"):
+        cells = [r["setting"], r["set"], f"{r['classical']} {_fmt(r['classical_psnr'], 2)}",
+                 *(_pm(r[f"{m}_psnr_mean"], r[f"{m}_psnr_std"], r[f"{m}_n_seeds"], 3) for m in methods)]
+        for m in methods:
+            if m != "backbone":
+                se = r.get(f"delta_{m}_se")
+                cells.append(f"{_fmt(r[f'delta_{m}'], 3, True)}" + ("" if se is None or pd.isna(se) else f" ± {se:.3f}")
+                             + f" ({r[f'delta_{m}_verdict']})")
+        cells.append(str(r["iterations"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: object, digits: int = 4, signed: bool = False) -> str:
@@ -209,23 +350,18 @@ def markdown(frame: pd.DataFrame, columns: dict[str, tuple[str, int, bool]]) -> 
 
 
 TASK_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, False), "method": ("method", 0, False),
-                "n_images": ("images", 0, False), "paper_psnr": ("PSNR paper", 2, False),
-                "ours_psnr": ("PSNR ours", 4, False), "delta_psnr": ("Δ PSNR", 4, True),
-                "paper_ssim": ("SSIM paper", 4, False), "ours_ssim": ("SSIM ours", 4, False),
-                "delta_ssim": ("Δ SSIM", 4, True), "profile": ("profile", 0, False), "stage": ("stage", 0, False)}
-HEADLINE_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, False),
-                    "classical": ("classical", 0, False), "classical_psnr": ("classical PSNR", 4, False),
-                    "psnr_backbone": ("backbone PSNR", 4, False), "psnr_acla": ("+ACLA PSNR", 4, False),
-                    "delta_psnr": ("Δ (ACLA − backbone)", 4, True), "ssim_backbone": ("backbone SSIM", 4, False),
-                    "ssim_acla": ("+ACLA SSIM", 4, False), "delta_ssim": ("Δ SSIM", 4, True),
-                    "iterations": ("iterations each", 0, False)}
+                "kind": ("kind", 0, False), "n_images": ("images", 0, False), "n_seeds": ("seeds", 0, False),
+                "paper_psnr": ("PSNR paper", 2, False), "ours_psnr": ("PSNR ours / literature", 4, False),
+                "ours_psnr_std": ("± std", 4, False), "delta_psnr": ("Δ PSNR vs paper", 4, True),
+                "ours_ssim": ("SSIM", 4, False), "psnr_per_seed": ("PSNR per seed", 0, False),
+                "profile": ("profile", 0, False), "paper_source": ("source", 0, False)}
 ABLATION_COLUMNS = {"setting": ("setting", 0, False), "variant": ("variant", 0, False),
                     "insert": ("after blocks", 0, False), "num_keys": ("K", 0, False),
                     "params": ("params", 0, False), "gflops": ("GFLOPs", 3, False), "latency_ms": ("latency ms", 1, False),
                     "input": ("cost input", 0, False), "device": ("cost device", 0, False),
                     "val_psnr": ("val PSNR", 4, False), "delta_vs_backbone": ("Δ vs backbone", 4, True),
                     "val_ssim": ("val SSIM", 4, False), "iterations": ("iterations", 0, False),
-                    "val_set": ("val set", 0, False)}
+                    "seed": ("seed", 0, False), "val_set": ("val set", 0, False)}
 
 
 def ablation_table(task_dir: Path) -> pd.DataFrame:
@@ -236,16 +372,79 @@ def ablation_table(task_dir: Path) -> pd.DataFrame:
         ablation = ablation.merge(efficiency, on=["setting", "variant"], how="left")
         ablation["gflops"] = ablation.flops / 1e9
         ablation["latency_ms"] = ablation.latency_s * 1e3
-    backbone = ablation[ablation.variant == "backbone"].set_index("setting").val_psnr
+    backbone = ablation[ablation.variant == "backbone"].groupby("setting").val_psnr.mean()
     ablation["delta_vs_backbone"] = ablation.val_psnr - ablation.setting.map(backbone)
     ablation["num_keys"] = ablation.num_keys.map(lambda k: "" if pd.isna(k) else str(int(k)))
     return ablation
 
 
-def render_study(study: Path, tables: Path, figures: Path, readme: Path, paper_tables: Path | None,
+def profile_summary(profile_dir: Path) -> dict:
+    """Profile, devices, torch, commits, dates and total wall time of one profile's study folder, from the
+    ``provenance.json`` of every stage (and the classical rows')."""
+    records = [json.loads(p.read_text()) for p in sorted(profile_dir.glob("*/*/provenance.json"))]
+    classical = profile_dir.parents[1] / "tables" / profile_dir.name / "classical_provenance.json"
+    if classical.is_file():
+        records.append(json.loads(classical.read_text()))
+
+    def values(key: str) -> str:
+        found = sorted({str(r.get(key, "?")) for r in records})
+        if key == "date" and len(found) > 1:  # the span of the stages, not every stage's date
+            return f"{found[0]} – {found[-1]}"
+        return ", ".join(found) or "?"
+
+    return {"profile": profile_dir.name, "device": values("device"), "torch": values("torch"),
+            "commit": values("commit"), "date": values("date"), "data_root": values("data_root"),
+            "wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in records), "stages": len(records)}
+
+
+def budget_sentence(task_dir: Path) -> str:
+    """For SR validated on Set5: the backbone's curve against SRCNN's published Set5 PSNR (literature CSV)."""
+    curves_csv = task_dir / "retrain" / "curves.csv"
+    train = _provenance(task_dir, "retrain").get("train", {})
+    if task_dir.name != "sr" or train.get("validation_set") != "Set5" or not curves_csv.is_file():
+        return ""
+    curves = pd.read_csv(curves_csv)
+    literature = published_results()
+    lines = []
+    for setting, group in curves[curves.variant == "backbone"].groupby("setting"):
+        _, short = setting.split("_", 1)
+        srcnn = literature[(literature.task == "sr") & (literature.setting == short) & (literature.set == "Set5")
+                           & (literature.method == "SRCNN")]
+        if srcnn.empty:
+            continue
+        target = float(srcnn.psnr.iloc[0])
+        where = budget_to_reach(group, target)
+        if not where:
+            continue
+        text = (f"{setting}: the backbone's validation PSNR on Set5 (mean over seeds) is {where['last_psnr']:.2f} dB "
+                f"at {where['last_step']} iterations; SRCNN's published Set5 value is {target:.2f} dB "
+                f"({srcnn.source.iloc[0]}). ")
+        if "reached_at" in where:
+            text += f"The curve reached it at iteration {where['reached_at']}."
+        elif "extrapolated_step" in where:
+            text += (f"Not reached; the curve's second half gains {where['db_per_doubling']:.2f} dB per doubling of "
+                     f"the iterations, which would reach it near {where['extrapolated_step']:,.0f} iterations "
+                     "(an extrapolation of a log-linear fit, at this learning-rate schedule).")
+        else:
+            text += "Not reached, and the curve's second half does not rise."
+        lines.append(text)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_tables: Path | None,
                  classical_md: Path | None = None) -> dict:
-    """Every task's tables (CSV + Markdown), the figures, and the front page ``readme``."""
+    """One profile's task tables (CSV + Markdown), figures and front-page section.
+
+    ``study`` is ``reports/study/<profile>``; ``tables`` and ``figures`` are that profile's folders; ``section``
+    (``reports/tables/<profile>/section.md``) is the Markdown the front page shows for this profile, with
+    links relative to the front page's folder (``reports/``).
+    """
     from acla import figures as draw
+
+    front = section.parents[2]
+
+    def link(path: Path) -> str:
+        return str(path.relative_to(front)) if path.is_relative_to(front) else str(path)
 
     paper, notes = read_paper_tables(paper_tables)
     tasks = [d for d in sorted(study.iterdir()) if (d / "evaluate" / "scores.csv").is_file()] if study.is_dir() else []
@@ -263,18 +462,27 @@ def render_study(study: Path, tables: Path, figures: Path, readme: Path, paper_t
         name = task_dir.name
         table = task_table(task_dir, paper)
         atomic_write_text(tables / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
-        atomic_write_text(tables / f"{name}.md", f"# {name}: test sets\n\n" + markdown(table, TASK_COLUMNS))
+        atomic_write_text(tables / f"{name}.md", f"# {name}: test sets (profile `{study.name}`)\n\n"
+                          "Ours: mean ± std over the seeds (per-seed values in the last column); literature rows "
+                          "from `acla/resources/published_results.csv` (source per row), never beside a partial "
+                          "set.\n\n" + markdown(table, TASK_COLUMNS))
         top = headline(task_dir)
-        parts = [f"## {name}\n", markdown(top, HEADLINE_COLUMNS) if len(top) else "(no network rows)\n"]
-        if len(top) and "psnr_acla" not in top:
+        atomic_write_text(tables / f"{name}_headline.csv", top.to_csv(index=False, float_format="%.6f"))
+        parts = [f"### {name}\n", headline_markdown(top) if len(top) else "(no network rows)\n"]
+        if len(top) and "acla_psnr_mean" not in top:
             parts.append("The search kept no ACLA location for these settings, so there is no +ACLA model.\n")
+        weak = not_above_classical(top) if len(top) else []
+        parts.append("Every network row is above its classical row by more than its seed spread.\n" if not weak else
+                     "Not above the classical row by more than the seed spread: " + "; ".join(weak) + ".\n")
+        parts.append(budget_sentence(task_dir))
+        links = f"All rows, with the literature and the paper column: [`{link(tables / f'{name}.md')}`]({link(tables / f'{name}.md')})"
         if (task_dir / "ablation" / "ablation.csv").is_file():
             ablation = ablation_table(task_dir)
             atomic_write_text(tables / f"{name}_ablation.csv", ablation.to_csv(index=False, float_format="%.6f"))
             atomic_write_text(tables / f"{name}_ablation.md", f"# {name}: ablation (spec section 5)\n\n"
                               + markdown(ablation, ABLATION_COLUMNS))
-            parts.append(f"Full rows with the paper column: [`tables/{name}.md`](tables/{name}.md); "
-                         f"ablation: [`tables/{name}_ablation.md`](tables/{name}_ablation.md).\n")
+            links += f"; ablation: [`{link(tables / f'{name}_ablation.md')}`]({link(tables / f'{name}_ablation.md')})"
+        parts.append(links + ".\n")
         for setting_dir in sorted((task_dir / "evaluate").glob("*/")):
             if setting_dir.is_dir():
                 drawn[f"sampled keys {setting_dir.name}"] = draw.sampled_keys(setting_dir / "keys",
@@ -282,38 +490,61 @@ def render_study(study: Path, tables: Path, figures: Path, readme: Path, paper_t
                 drawn[f"crops {setting_dir.name}"] = draw.visual_crops(setting_dir, figures / f"crops_{setting_dir.name}.png")
         info = _provenance(task_dir, "evaluate")
         train = info.get("train", {})
-        parts.append(f"Profile `{info.get('profile', '?')}`, device `{info.get('device', '?')}`, settings "
-                     f"{info.get('settings', '?')}; trained on {train.get('train_sets', '?')} for "
+        parts.append(f"Settings {info.get('settings', '?')}; trained on {train.get('train_sets', '?')} for "
                      f"{train.get('iterations', '?')} iterations (batch {train.get('batch_size', '?')}, patch "
-                     f"{train.get('patch_size', '?')}), backbone `{info.get('model', {}).get('backbone', '?')}`.\n")
-        sections.append("\n".join(parts))
-    runs = [_provenance(d, "evaluate") for d in tasks]
-    profiles = sorted({info.get("profile", "?") for info in runs}) or ["none"]
-    devices = sorted({info.get("device", "?") for info in runs}) or ["none"]
-    roots = sorted({info.get("data_root") or "none (bundled images)" for info in runs}) or ["none"]
+                     f"{train.get('patch_size', '?')}), backbone `{info.get('model', {}).get('backbone', '?')}`, "
+                     f"seeds {info.get('seeds', '?')}.\n")
+        sections.append("\n".join(part for part in parts if part))
+    summary = profile_summary(study)
+    atomic_write_text(section.with_name("summary.json"), json.dumps(summary, indent=2) + "\n")
     lines = [
-        "# Reports: the ACLA replication study\n",
-        f"**What was run:** `dvc repro` with profile {', '.join(f'`{p}`' for p in profiles)} on "
-        f"{', '.join(f'`{d}`' for d in devices)} (torch {runs[0].get('torch', '?') if runs else '?'}), "
-        f"tasks {', '.join(f'`{d.name}`' for d in tasks)}, data root {', '.join(f'`{r}`' for r in roots)}. "
-        "The training and test images of each row are named in its table.\n",
-        "Everything here is written by `dvc repro` (the stages of `dvc.yaml`, the parameters of `params.yaml`); "
-        "no number is typed by hand. Each task table has the columns paper / ours / delta / profile / stage; "
-        "the paper column reads `../shared/paper/tables/*.csv` when such files exist (long form: setting, "
-        "method, set, psnr, ssim) and the published classical rows of `acla/resources/published_classical.csv`; "
-        "otherwise it says n/a.\n",
-        "Paper tables: " + ("; ".join(notes) if notes else f"none found in `{paper_tables}` (every paper cell n/a)") + ".\n",
-        "## Headline: backbone vs +ACLA at equal training budget (test sets)\n",
+        f"## Profile `{study.name}`\n",
+        f"Device {summary['device']}; torch {summary['torch']}; commit {summary['commit']}; {summary['date']}; "
+        f"data root {summary['data_root']}; wall time of its stages {summary['wall_seconds'] / 60:.1f} min.\n",
+        "Paper tables: " + ("; ".join(notes) if notes else "none transcribed (every paper cell n/a)") + ".\n",
         *sections,
-        "## Classical rows beside the published values\n",
-        "[`tables/classical.md`](tables/classical.md)" if classical_md and classical_md.is_file() else "(not run)",
-        "\n## Figures\n",
-        *[f"- {title}: [`{path.relative_to(readme.parent)}`]({path.relative_to(readme.parent)})"
-          for title, path in drawn.items() if path is not None],
-        "\nExecuted notebooks of every stage: `reports/notebooks/`.\n",
+        f"Classical rows beside the published values: [`{link(classical_md)}`]({link(classical_md)}).\n"
+        if classical_md and classical_md.is_file() else "",
+        "Figures: " + "; ".join(f"[{title}]({link(path)})" for title, path in drawn.items() if path is not None) + ".\n",
     ]
-    atomic_write_text(readme, "\n".join(lines) + "\n")
-    return {"tasks": [d.name for d in tasks], "figures": {k: str(v) for k, v in drawn.items() if v}, "paper_notes": notes}
+    atomic_write_text(section, "\n".join(lines) + "\n")
+    return {"tasks": [d.name for d in tasks], "figures": {k: str(v) for k, v in drawn.items() if v},
+            "paper_notes": notes, "summary": summary}
+
+
+PROFILE_NOTES = {
+    "smoke": "a pipeline check, not a result: tiny networks, a few hundred CPU iterations on bundled images; the "
+             "same code and seeds gave SR x2 Δ(ACLA − backbone) +0.06 dB on one CPU and −0.83 dB on another, "
+             "because float summation order differs between CPUs",
+}
+
+
+def render_front_page(reports: Path) -> Path:
+    """``reports/README.md``: every profile present under ``reports/tables/<profile>/`` (``section.md`` and
+    ``summary.json``, written by ``render_study``), the most informative first (paper, gpu, cpu, smoke, ci),
+    each with its device and duration."""
+    from acla.config import PROFILES
+
+    present = [p for p in PROFILES if (reports / "tables" / p / "section.md").is_file()
+               and (reports / "tables" / p / "summary.json").is_file()]
+    lines = ["# Reports: the ACLA replication study\n",
+             "Everything here is written by the pipeline (`dvc repro`; another profile: `dvc exp run -S profile=NAME`), "
+             "no number typed by hand. Each profile writes only its own folders (`study/<profile>/`, "
+             "`tables/<profile>/`, `figures/<profile>/`, `metrics/<profile>/`), so the profiles below stand side "
+             "by side. Network rows are mean ± std over seeds (n = seeds); Δ is ± its standard error; literature "
+             "rows cite their paper and table.\n",
+             "| profile | device | torch | wall time | date | commit | what it is |", "|---|---|---|---|---|---|---|"]
+    for profile in present:
+        summary = json.loads((reports / "tables" / profile / "summary.json").read_text())
+        lines.append(f"| [`{profile}`](#profile-{profile}) | {summary['device']} | {summary['torch']} | "
+                     f"{summary['wall_seconds'] / 60:.1f} min | {summary['date']} | {summary['commit']} | "
+                     f"{PROFILE_NOTES.get(profile, '')} |")
+    lines.append("")
+    for profile in present:
+        lines.append((reports / "tables" / profile / "section.md").read_text())
+    path = reports / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,13 +113,23 @@ def search(task_name: str, config: Config, out_dir: str | Path, *, data_root: Pa
         degraded, target = next(stream_b)  # alphas on split B, (S9)
         gates = torch.sigmoid(model.alpha)
         arch_loss = F.l1_loss(model(degraded), target) + settings.cost_weight * (gates * cost).sum()
+        # What moves each alpha: the cost term's gradient is known in closed form, lambda_a sigma'(alpha) cost_j,
+        # so the reconstruction's share is the rest of the total (reported per step; sums tell which term won).
+        cost_grad = (settings.cost_weight * gates * (1 - gates) * cost).detach()
+        rec_grad = torch.zeros_like(cost_grad)
         if iteration >= warmup:
             weight_optimizer.zero_grad(set_to_none=True)
             alpha_optimizer.zero_grad(set_to_none=True)
             arch_loss.backward()
+            rec_grad = model.alpha.grad.detach() - cost_grad
             alpha_optimizer.step()
+        else:
+            cost_grad = torch.zeros_like(cost_grad)  # no alpha step during the warm-up
+        locations = sorted(costs)
         trajectory.append({"iteration": iteration + 1, "loss": loss.item(), "arch_loss": arch_loss.item(),
-                           **{f"block_{loc}": float(g) for loc, g in zip(sorted(costs), torch.sigmoid(model.alpha.detach()))}})
+                           **{f"block_{loc}": float(g) for loc, g in zip(locations, torch.sigmoid(model.alpha.detach()))},
+                           **{f"rec_grad_{loc}": float(g) for loc, g in zip(locations, rec_grad)},
+                           **{f"cost_grad_{loc}": float(g) for loc, g in zip(locations, cost_grad)}})
     frame = pd.DataFrame(trajectory)
     atomic_write_text(out_dir / "alpha.csv", frame.to_csv(index=False))
     plot_trajectory(frame, settings.threshold, out_dir / "alpha.png")

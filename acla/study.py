@@ -9,9 +9,10 @@ for a profile, and runs its steps over every setting of that task (``sr_x2``, ``
 - ``ablate``     the variants of spec section 5 at the same budget (modules, K, insertion);
 - ``efficiency`` parameters, FLOPs, peak memory and latency of every variant.
 
-Outputs that the report reads are small CSV/JSON files under ``reports/study/<task>/<step>/``;
-checkpoints go to ``runs/<task>/<step>/<setting>/<variant>/`` and training resumes from them when the
-config is unchanged (``resume="auto"``), so an interrupted stage continues where it stopped.
+Outputs that the report reads are small CSV/JSON files under ``reports/study/<profile>/<task>/<step>/``;
+checkpoints go to ``runs/<profile>/<task>/<step>/<setting>/<variant>/seed<k>/`` and training resumes from them
+when the config is unchanged (``resume="auto"``), so an interrupted stage continues where it stopped. Each
+profile has its own folders, so running one never overwrites another's results.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from acla.data import open_set
 from acla.data.sets import resolve_data_root
 from acla.files import atomic_write_text
 from acla.models.backbones import BACKBONES, insertion_locations
+from acla.provenance import run_record
+from acla.report import seed_spread
 from acla.tasks import parse_task
 from acla.train import ModelSpec, load_model, train
-
-HEADLINE = ("backbone", "acla")  # the pair of the task tables, trained by ``retrain``
 
 
 def slug(variant: str) -> str:
@@ -58,7 +59,7 @@ def variant_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[s
     if searched.attention == "none":  # the search kept no location: there is no +ACLA model to train
         return {"backbone": backbone}
     variants = {"backbone": backbone, "acla": searched}
-    for attention in task.ablation.attentions:
+    for attention in dict.fromkeys([*(v for v in task.headline.variants if v == "cla"), *task.ablation.attentions]):
         variants[attention] = replace(searched, attention=attention)
     for keys in task.ablation.num_keys:
         if keys != searched.num_keys:
@@ -122,7 +123,10 @@ class TaskStudy:
         """Search every setting; ``search/<setting>/{alpha.csv, alpha.png, arch.json}`` and a summary."""
         from acla.search import search
 
+        if not self.settings:
+            return self.skip("search")
         rows = []
+        started = time.perf_counter()
         for setting in self.settings:
             start = time.perf_counter()
             arch = search(setting, self.run_config(setting), self.reports / "search" / setting,
@@ -131,7 +135,7 @@ class TaskStudy:
                          else "none", "rule": arch["rule"], "params": arch["params"],
                          "flops_at_patch": arch["flops_at_patch"], "seconds": time.perf_counter() - start,
                          **{f"sigmoid_alpha_block_{k}": v for k, v in arch["alpha_sigmoid"].items()}})
-        save_provenance(self, "search")
+        save_provenance(self, "search", time.perf_counter() - started)
         return write_csv(pd.DataFrame(rows), self.reports / "search" / "summary.csv")
 
     def searched(self, setting: str) -> ModelSpec:
@@ -140,8 +144,26 @@ class TaskStudy:
     def variants(self, setting: str) -> dict[str, ModelSpec]:
         return variant_specs(self.config, setting, self.searched(setting))
 
+    def skip(self, step: str) -> pd.DataFrame:
+        """A profile that lists no setting for this task: the step writes only ``provenance.json`` (saying so),
+        the empty checkpoint folder and metrics file DVC expects, and no table the report would read."""
+        save_provenance(self, step, 0.0)
+        if step in ("retrain", "ablation"):
+            (self.runs / step).mkdir(parents=True, exist_ok=True)
+        if step == "evaluate":
+            atomic_write_text(self.metrics_file, "{}\n")
+        return pd.DataFrame()
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.config.headline.seeds
+
+    def run_dir(self, step: str, setting: str, label: str, seed: int) -> Path:
+        return self.runs / step / setting / slug(label) / f"seed{seed}"
+
     # ---------------------------------------------------------------------------------- training
-    def _train(self, step: str, labels: list[str], iterations: int = 0) -> pd.DataFrame:
+    def _train(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0) -> pd.DataFrame:
+        start_step = time.perf_counter()
         rows, curves = [], []
         for setting in self.settings:
             specs = self.variants(setting)
@@ -154,43 +176,56 @@ class TaskStudy:
                 if label not in specs:
                     continue
                 spec = specs[label]
-                run_dir = self.runs / step / setting / slug(label)
-                start = time.perf_counter()
-                result = train(spec, config, run_dir, data_root=self.data_root, resume="auto", progress=self.progress)
-                rows.append({"setting": setting, "variant": label, **describe(spec),
-                             "params": sum(p.numel() for p in spec.build().parameters()),
-                             "iterations": config.train.iterations, "batch_size": config.train.batch_size,
-                             "val_set": open_set(config.train.validation_set, self.data_root, verify=False,
-                                                 crop=config.evaluate.crop).label,
-                             "val_psnr": result.last_psnr, "val_ssim": result.last_ssim,
-                             "seconds": time.perf_counter() - start, "checkpoint": str(result.checkpoint)})
-                curves.append(dvclive_curves(run_dir).assign(setting=setting, variant=label))
+                for seed in seeds:
+                    run_dir = self.run_dir(step, setting, label, seed)
+                    seeded = replace(config, train=replace(config.train, seed=seed))
+                    start = time.perf_counter()
+                    result = train(spec, seeded, run_dir, data_root=self.data_root, resume="auto",
+                                   progress=self.progress)
+                    rows.append({"setting": setting, "variant": label, "seed": seed, **describe(spec),
+                                 "params": sum(p.numel() for p in spec.build().parameters()),
+                                 "iterations": config.train.iterations, "batch_size": config.train.batch_size,
+                                 "val_set": open_set(config.train.validation_set, self.data_root, verify=False,
+                                                     crop=config.evaluate.crop).label,
+                                 "val_psnr": result.last_psnr, "val_ssim": result.last_ssim,
+                                 "seconds": time.perf_counter() - start,
+                                 "checkpoint": str(result.checkpoint.relative_to(self.runs))})
+                    curves.append(dvclive_curves(run_dir).assign(setting=setting, variant=label, seed=seed))
         out = self.reports / step
-        save_provenance(self, step)
+        save_provenance(self, step, time.perf_counter() - start_step)
         write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), out / "curves.csv")
         return write_csv(pd.DataFrame(rows), out / "runs.csv")
 
     def retrain(self) -> pd.DataFrame:
-        """The backbone and +ACLA at the searched locations, from scratch, at the same budget."""
-        return self._train("retrain", list(HEADLINE))
+        """The headline variants (backbone, +ACLA at the searched locations, optionally CLA there), from
+        scratch, at the same budget, once per seed of ``headline.seeds``."""
+        if not self.settings:
+            return self.skip("retrain")
+        return self._train("retrain", list(self.config.headline.variants), self.seeds)
 
     def ablate(self) -> pd.DataFrame:
-        """Every variant at one budget. With ``ablation.iterations`` 0 that is the headline pair's budget
-        and its two rows are reused from ``retrain``; otherwise all variants, the pair included, are
-        trained for ``ablation.iterations`` (the smoke profile's cheaper, still equal, budget)."""
+        """Every variant at one budget and the first headline seed. With ``ablation.iterations`` 0 that is
+        the headline's budget and the headline's rows of that seed are reused from ``retrain``; otherwise
+        all variants, the headline's included, are trained for ``ablation.iterations`` (a cheaper, still
+        equal, budget)."""
+        if not self.settings:
+            return self.skip("ablation")
         iterations = self.config.ablation.iterations
         reuse = iterations in (0, self.config.train.iterations)
+        headline = self.config.headline.variants
         labels = list(dict.fromkeys(label for setting in self.settings for label in self.variants(setting)
-                                    if not (reuse and label in HEADLINE)))
-        trained = self._train("ablation", labels, iterations)
+                                    if not (reuse and label in headline)))
+        trained = self._train("ablation", labels, self.seeds[:1], iterations)
         if reuse:
-            trained = pd.concat([pd.read_csv(self.reports / "retrain" / "runs.csv"), trained], ignore_index=True)
+            retrained = pd.read_csv(self.reports / "retrain" / "runs.csv")
+            trained = pd.concat([retrained[retrained.seed == self.seeds[0]], trained], ignore_index=True)
         return write_csv(trained, self.reports / "ablation" / "ablation.csv")
 
     # ---------------------------------------------------------------------------------- evaluation
-    def model(self, setting: str, label: str, step: str = "retrain") -> torch.nn.Module:
-        """A trained variant from its checkpoint, on the study's device, in eval mode."""
-        model, _ = load_model(self.runs / step / setting / slug(label) / "last.pt", self.variants(setting)[label])
+    def model(self, setting: str, label: str, seed: int | None = None, step: str = "retrain") -> torch.nn.Module:
+        """A trained variant (of ``seed``, default the first headline seed) on the study's device, in eval mode."""
+        seed = self.seeds[0] if seed is None else seed
+        model, _ = load_model(self.run_dir(step, setting, label, seed) / "last.pt", self.variants(setting)[label])
         return model.to(self.device).eval()
 
     @property
@@ -224,10 +259,14 @@ class TaskStudy:
         return summary | {"figure": str(sampled_keys(out, out / "module_keys.png"))}
 
     def evaluate(self) -> pd.DataFrame:
-        """The classical rows, the backbone and +ACLA on every test set; crops; ACLA's keys on one image."""
+        """The classical rows and every headline variant and seed on every test set (``scores.csv``, one row
+        per seed); crops of the first seed; ACLA's keys on one image."""
         from acla.evaluate import Inference, evaluate
         from acla.keys import key_report
 
+        if not self.settings:
+            return self.skip("evaluate")
+        start = time.perf_counter()
         rows = []
         out = self.reports / "evaluate"
         for setting in self.settings:
@@ -236,34 +275,43 @@ class TaskStudy:
             rows += classical_scores(setting, sets, self.data_root, config.evaluate.crop, config.train.seed,
                                      config.data.verify, out / setting, config.evaluate.saved_crops)
             inference = Inference(config.evaluate.tile, config.evaluate.overlap, config.evaluate.self_ensemble)
-            for label in HEADLINE:
+            for label in self.config.headline.variants:
                 if label not in self.variants(setting):
                     continue
-                mean = evaluate(self.model(setting, label), setting, out / setting / slug(label), data_root=self.data_root,
-                                sets=sets, inference=inference, seed=config.train.seed, crops=config.evaluate.saved_crops,
-                                verify=config.data.verify, crop=config.evaluate.crop, device=self.device)
-                rows += [{"setting": setting, "method": label, "set": r["set"], "psnr": r["psnr"], "ssim": r["ssim"],
-                          "n_images": r["n_images"]} for r in mean.to_dict(orient="records")]
+                for seed in self.seeds:
+                    folder = out / setting / slug(label) / ("" if seed == self.seeds[0] else f"seed{seed}")
+                    mean = evaluate(self.model(setting, label, seed), setting, folder, data_root=self.data_root,
+                                    sets=sets, inference=inference, seed=config.train.seed,
+                                    crops=config.evaluate.saved_crops if seed == self.seeds[0] else 0,
+                                    verify=config.data.verify, crop=config.evaluate.crop, device=self.device)
+                    rows += [{"setting": setting, "method": label, "seed": seed, "set": r["set"], "psnr": r["psnr"],
+                              "ssim": r["ssim"], "n_images": r["n_images"]} for r in mean.to_dict(orient="records")]
             if "acla" in self.variants(setting):
                 key_report(self.model(setting, "acla"), setting, sets[0], out / setting / "keys", data_root=self.data_root,
                            crop=config.evaluate.crop, seed=config.train.seed, verify=config.data.verify)
-        save_provenance(self, "evaluate")
+        save_provenance(self, "evaluate", time.perf_counter() - start)
         scores = write_csv(pd.DataFrame(rows), out / "scores.csv")
-        metrics = {setting: {f"{r.set} | {r.method}": {"psnr": r.psnr, "ssim": r.ssim}
-                             for r in group.itertuples(index=False)} for setting, group in scores.groupby("setting")}
-        atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2) + "\n")
+        spread = seed_spread(scores.assign(seed=scores.get("seed")), ["setting", "set", "method"], ["psnr", "ssim"])
+        metrics = {setting: {f"{r.set} | {r.method}": {"psnr": r.psnr_mean, "psnr_std": r.psnr_std, "ssim": r.ssim_mean,
+                                                       "n_seeds": r.n_seeds} for r in group.itertuples(index=False)}
+                   for setting, group in spread.groupby("setting")}
+        atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, default=_json_number) + "\n")
         return scores
 
     @property
     def metrics_file(self) -> Path:
-        """``reports/metrics/<task>.json``: the evaluation's PSNR/SSIM, for ``dvc metrics show``."""
-        return self.reports.parent.parent / "metrics" / f"{self.name}.json"
+        """``reports/metrics/<profile>/<task>.json`` (beside ``reports/study/<profile>/<task>``): the evaluation's
+        PSNR/SSIM over seeds, for ``dvc metrics show``."""
+        return self.reports.parents[2] / "metrics" / self.reports.parent.name / f"{self.name}.json"
 
     # ---------------------------------------------------------------------------------- efficiency
     def efficiency(self) -> pd.DataFrame:
         """Parameters, FLOPs, peak memory and median latency of every variant at one input size."""
         from acla.efficiency import profile
 
+        if not self.settings:
+            return self.skip("efficiency")
+        start = time.perf_counter()
         rows = []
         device = self.device
         for setting in self.settings:
@@ -276,7 +324,7 @@ class TaskStudy:
                              "flops": result.flops, "peak_memory_bytes": result.peak_memory_bytes,
                              "latency_s": result.latency_s, "device": result.device,
                              "input": "x".join(map(str, shape))})
-        save_provenance(self, "efficiency")
+        save_provenance(self, "efficiency", time.perf_counter() - start)
         return write_csv(pd.DataFrame(rows), self.reports / "efficiency" / "efficiency.csv")
 
 
@@ -310,21 +358,27 @@ def open_task(task: str, params: str | Path = "params.yaml", *, profile: str | N
               progress: bool = True) -> TaskStudy:
     """The entry point of the notebooks and stages: ``open_task("sr", profile="ci")``.
 
-    ``profile`` of None or "" means the file's own ``profile``; an unknown task is refused by name.
+    ``profile`` of None or "" means the file's own ``profile``; an unknown task is refused by name. Results go
+    to ``<reports>/<profile>/<task>`` and checkpoints to ``<runs>/<profile>/<task>``, so profiles never mix.
     """
     study = load_study(params, profile or None)
     if task not in study.tasks:
         raise ValueError(f"task {task!r} is not one of {sorted(study.tasks)} (params file {params})")
     root = resolve_data_root(data_root, study.data.root)
-    return TaskStudy(task, study, Path(reports) / task, Path(runs) / task, root, progress)
+    return TaskStudy(task, study, Path(reports) / study.profile / task, Path(runs) / study.profile / task, root,
+                     progress)
 
 
-def save_provenance(task: TaskStudy, step: str) -> None:
-    """``<step>/provenance.json``: what was run (profile, device, settings, training, data root); the report
-    labels its rows with it."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    info = {"task": task.name, "profile": task.study.profile, "settings": list(task.settings),
-            "train": dataclasses.asdict(task.config.train), "model": dataclasses.asdict(task.config.model),
-            "data_root": str(task.data_root) if task.data_root else None,
-            "step": step, "device": device, "torch": torch.__version__}
+def _json_number(value: object) -> object:
+    """JSON has no NaN: a standard deviation of one seed is written as null."""
+    return None if isinstance(value, float) and value != value else value
+
+
+def save_provenance(task: TaskStudy, step: str, wall_seconds: float) -> None:
+    """``<step>/provenance.json``: what was run (profile, device, torch, commit, date, wall time, data root,
+    settings, training, seeds) and never a path of the machine; the report labels its rows with it."""
+    info = {"task": task.name, "step": step, "skipped": not task.settings, **run_record(task.study.profile, task.data_root, wall_seconds, task.device),
+            "settings": list(task.settings), "seeds": list(task.seeds),
+            "headline": list(task.config.headline.variants), "train": dataclasses.asdict(task.config.train),
+            "model": dataclasses.asdict(task.config.model), "search": dataclasses.asdict(task.config.search)}
     atomic_write_text(task.reports / step / "provenance.json", json.dumps(info, indent=2, default=str) + "\n")

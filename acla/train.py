@@ -3,9 +3,10 @@
 ``train(spec, config, out_dir)`` trains ``spec`` (what ``build_model`` needs) on ``config.train``:
 L1 loss plus the ACLA key budget (S8), Adam, step or cosine schedule, validation every N iterations
 on a named set with the task's metric, ``last.pt``/``best.pt`` checkpoints written atomically, dvclive
-metrics, a tqdm bar. Under ``torchrun`` it wraps the model in DistributedDataParallel (NCCL on GPU,
-gloo on CPU), splits every global batch over the ranks with a DistributedSampler, validates each image
-on exactly one rank and reduces the sums, and only rank 0 writes.
+metrics (the same TSV files without dvclive: ``acla.live``), a tqdm bar. Under ``torchrun`` it wraps the
+model in DistributedDataParallel (NCCL on GPU, gloo on CPU), splits every global batch over the ranks
+with a DistributedSampler, validates each image on exactly one rank and reduces the sums, and only
+rank 0 writes.
 
 Samples depend only on (seed, epoch, index), and checkpoints hold every RNG state, so a run resumed
 from its last checkpoint continues bit for bit on CPU.
@@ -37,6 +38,7 @@ from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
 from acla.files import atomic_open
 from acla.images import to_image, to_tensor
+from acla.live import open_live
 from acla.models import build_model
 from acla.models.attention import AttentionBase
 from acla.models.backbones import RestorationNet
@@ -316,6 +318,20 @@ def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: D
     return psnr_sum / count, ssim_sum / count
 
 
+def train_step(forward, optimizer: torch.optim.Optimizer, modules: list[AttentionBase], degraded: torch.Tensor,
+               target: torch.Tensor, autocast) -> torch.Tensor:
+    """One optimisation step: L1 plus the key budget (S8) under ``autocast``, backward, Adam; the L1 loss.
+    (The GPU check times this very step.)"""
+    with autocast:
+        output = forward(degraded)
+        loss = F.l1_loss(output.float(), target)
+        budget = sum((module.budget_loss for module in modules), torch.zeros((), device=degraded.device))
+    optimizer.zero_grad(set_to_none=True)
+    (loss + budget).backward()
+    optimizer.step()
+    return loss
+
+
 class EMA:
     """Exponential moving average of the weights, evaluated and saved beside them."""
 
@@ -420,9 +436,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and settings.mixed_precision else nullcontext()
     live = None
     if context.main:
-        from dvclive import Live
-
-        live = Live(str(out_dir / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        live = open_live(out_dir / "dvclive", resume=bool(resume))
         live.log_param("global_batch", settings.batch_size)
         live.log_param("ranks", context.world)
 
@@ -444,13 +458,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         degraded, target = (tensor.to(context.device) for tensor in next(stream))
         if cuda and settings.channels_last:
             degraded = degraded.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            output = forward(degraded)
-            loss = F.l1_loss(output.float(), target)
-            budget = sum((module.budget_loss for module in modules), torch.zeros((), device=context.device))
-        optimizer.zero_grad(set_to_none=True)
-        (loss + budget).backward()
-        optimizer.step()
+        loss = train_step(forward, optimizer, modules, degraded, target, autocast)
         scheduler.step()
         if ema is not None:
             ema.update(model)

@@ -229,11 +229,68 @@ def test_runs_in_reduced_precision(dtype: torch.dtype) -> None:
     assert (out.double() - expected).abs().max() <= tolerance * expected.abs().max()
 
 
-def test_compiles_on_cpu() -> None:
-    module = randomise(build_attention("acla", 4, 2, num_keys=4)).eval()
-    query, *refs = (t.float() for t in maps(1, 4, 5, 5, count=3))
-    compiled = torch.compile(module)
-    assert torch.allclose(compiled(query, refs), module(query, refs), atol=1e-5)
+def outputs_and_gradients(module: torch.nn.Module, inputs: list[torch.Tensor], seed: int = 5) -> list[torch.Tensor]:
+    """The output of ``module(query, refs)`` and the gradients of a fixed linear loss w.r.t. inputs and parameters."""
+    for tensor in [*inputs, *module.parameters()]:
+        tensor.grad = None
+    torch.manual_seed(seed)  # the same Gumbel noise for every call (training gates)
+    out = module(inputs[0], inputs[1:])
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return [out.detach()] + [torch.zeros_like(t) if t.grad is None else t.grad for t in [*inputs, *module.parameters()]]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("logits", ["predicted", "dot"])
+@pytest.mark.parametrize("name", ["cla", "acla"])
+def test_fast_path_equals_the_reference_path(name: str, logits: str, training: bool) -> None:
+    module = randomise(build_attention(name, 6, 3, num_keys=9, logits=logits, gate_bias=0.0).double(), 11)
+    with torch.no_grad():  # large offsets: keys off the grid, between pixels and outside the map
+        module.offset.weight.mul_(6.0)
+    module.train(training)
+    inputs = [t.requires_grad_() for t in maps(2, 6, 5, 7, count=4, seed=12)]
+    fast = outputs_and_gradients(module, inputs)
+    module.fast = False
+    reference = outputs_and_gradients(module, inputs)
+    assert len(fast) == len(reference) > 5
+    for ours, expected in zip(fast, reference):
+        assert torch.allclose(ours, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("logits", ["predicted", "dot"])
+def test_gradcheck_of_the_fast_gather(logits: str) -> None:
+    module = build_attention("cla", 3, 2, num_keys=4, logits=logits).double()
+    randomise(module, 8)
+    with torch.no_grad():
+        module.offset.bias.add_(0.25)  # away from pixel boundaries (bilinear kinks)
+    assert module.fast
+    query, *refs = (t.requires_grad_() for t in maps(1, 3, 3, 4, count=3, seed=6))
+    assert torch.autograd.gradcheck(lambda q, a, b: module(q, [a, b]), (query, *refs), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["nonlocal", "cla-dense", "cla", "acla"])
+def test_the_family_compiles_fullgraph_on_cpu(name: str) -> None:
+    # ACLA in eval mode: compiled code draws other Gumbel noise (its training graph is compiled in the next test)
+    module = randomise(build_attention(name, 4, 2, num_keys=4)).train(name != "acla")
+    inputs = [t.float().requires_grad_() for t in maps(1, 4, 5, 5, count=3)]
+    eager = outputs_and_gradients(module, inputs)
+    compiled = outputs_and_gradients(torch.compile(module, fullgraph=True), inputs)
+    for ours, expected in zip(compiled, eager):
+        assert torch.allclose(ours, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["sr", "denoise"])
+def test_the_backbones_compile_fullgraph_on_cpu(task: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(task, "tiny", attention="acla", insert="four-stages", scale=2 if task == "sr" else 1,
+                        num_blocks=4, channels=8).train()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.rand(2, 3, 8, 8)
+    torch.manual_seed(1)
+    compiled(x).abs().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (checked when a GPU is lent)")

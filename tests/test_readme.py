@@ -27,3 +27,14 @@ def test_readme_opens_with_the_study_and_test_commands_that_ci_runs() -> None:
     assert commands[1].startswith('pip install -e ".[dev]" && pytest --nbval-lax')
     ci = (root / ".ci" / "run").read_text()
     assert commands[1].split("&& ", 1)[1] in ci  # CI runs the README's test command, notebooks included
+
+
+def test_ci_holds_torch_at_a_release_inside_the_projects_range() -> None:
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).parents[1]
+    assert 'pip install --quiet -c .ci/constraints.txt -e ".[dev]"' in (root / ".ci" / "run").read_text()
+    pins = dict(line.split("==") for line in (root / ".ci" / "constraints.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+    declared = re.search(r'"(torch[^"]*)"', (root / "pyproject.toml").read_text()).group(1)
+    assert Requirement(declared).specifier.contains(pins["torch"]), (declared, pins["torch"])

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from acla.config import AblationConfig, TaskConfig, load_study
-from acla.report import read_paper_tables, render_study, task_table
-from acla.study import HEADLINE, open_task, variant_specs
+from acla.report import headline, read_paper_tables, render_front_page, render_study, seed_spread, task_table
+from acla.study import open_task, variant_specs
 from acla.train import ModelSpec, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +58,14 @@ def test_the_steps_write_what_the_report_reads(ci_study) -> None:
                  "ablation/ablation.csv", "efficiency/efficiency.csv", "evaluate/provenance.json"):
         assert (reports / path).is_file(), path
     scores = pd.read_csv(reports / "evaluate" / "scores.csv")
-    assert set(scores.method) == {"bicubic", *HEADLINE}
+    assert set(scores.method) == {"bicubic", *ci_study.config.headline.variants}
     assert set(scores.set) == {"bundled-test (centre 48px)"}  # the crop is in the label
+    assert reports.parent.name == "ci" and "runs" in ci_study.runs.parts and ci_study.runs.parent.name == "ci"
     provenance = json.loads((reports / "evaluate" / "provenance.json").read_text())
-    assert provenance["profile"] == "ci" and provenance["device"] == "cpu"
+    assert provenance["profile"] == "ci" and provenance["device"].startswith("cpu: ")
+    assert {"torch", "commit", "date", "wall_seconds"} <= set(provenance) and provenance["data_root"] == "bundled"
+    assert "/" not in provenance["data_root"] and str(ROOT) not in json.dumps(provenance)  # no path of the machine
+    assert ci_study.metrics_file == reports.parents[2] / "metrics" / "ci" / "sr.json"
     assert json.loads(ci_study.metrics_file.read_text())["sr_x2"]
     ablation = pd.read_csv(reports / "ablation" / "ablation.csv")
     # ci: ablation.iterations is 0, so the headline pair's rows come from retrain, the rest are trained here
@@ -80,10 +84,11 @@ def test_a_separate_ablation_budget_trains_the_headline_pair_too(ci_study, tmp_p
         "ablation: {attentions: [cla], num_keys: [4], insertions: [random], iterations: 2}")
     params = tmp_path / "params.yaml"
     params.write_text(text)
-    study = open_task("sr", params, profile="ci", reports=ci_study.reports.parent, runs=tmp_path / "runs", progress=False)
+    study = open_task("sr", params, profile="ci", reports=ci_study.reports.parents[1], runs=tmp_path / "runs", progress=False)
     table = study.ablate()
     assert list(table.variant) == ["backbone", "acla", "cla", "acla K=4", "acla random"]
-    assert (table.iterations == 2).all() and (tmp_path / "runs" / "sr" / "ablation" / "sr_x2" / "backbone" / "last.pt").is_file()
+    assert (table.iterations == 2).all()
+    assert (tmp_path / "runs" / "ci" / "sr" / "ablation" / "sr_x2" / "backbone" / "seed0" / "last.pt").is_file()
 
 
 def test_auto_resume_continues_a_finished_run_and_restarts_after_a_config_change(ci_study, tmp_path: Path) -> None:
@@ -133,14 +138,58 @@ def test_the_paper_column_reads_tables_added_later_without_code_changes(ci_study
     assert table.loc["bicubic", "paper_psnr"] == 12.5 and table.loc["tiny EDSR (8x32)", "paper_source"] == "n/a"
 
     out = tmp_path / "out"
-    result = render_study(task_dir.parent, out / "tables", out / "figures", out / "README.md", tables)
+    result = render_study(task_dir.parent, out / "tables" / "ci", out / "figures" / "ci",
+                          out / "tables" / "ci" / "section.md", tables)
     assert result["tasks"] == ["sr"]
-    assert "| 40.00 |" in (out / "tables" / "sr.md").read_text()
-    front = (out / "README.md").read_text()
-    assert "table02_wide.csv: not read" in front and "Δ (ACLA − backbone)" in front
+    assert "| 40.00 |" in (out / "tables" / "ci" / "sr.md").read_text()
+    front = render_front_page(out).read_text()
+    assert "table02_wide.csv: not read" in front and "Δ acla − backbone" in front and "## Profile `ci`" in front
     for name in ("alpha_trajectories", "insertion_map", "open_keys", "training_curves", "accuracy_vs_cost",
                  "sampled_keys_sr_x2", "crops_sr_x2"):
-        assert (out / "figures" / f"{name}.png").is_file(), name
+        assert (out / "figures" / "ci" / f"{name}.png").is_file(), name
+
+
+def test_seed_spread_is_mean_std_n_and_the_values_of_each_group() -> None:
+    frame = pd.DataFrame({"method": ["a", "a", "a", "b", "c"], "seed": [0, 1, 2, 0, float("nan")],
+                          "psnr": [30.0, 31.0, 32.0, 29.0, 28.0]})
+    spread = seed_spread(frame, ["method"], ["psnr"]).set_index("method")
+    assert spread.loc["a", "psnr_mean"] == 31.0 and spread.loc["a", "psnr_std"] == pytest.approx(1.0)
+    assert spread.loc["a", "n_seeds"] == 3 and spread.loc["a", "psnr_per_seed"] == "30.0000 31.0000 32.0000"
+    assert pd.isna(spread.loc["b", "psnr_std"]) and spread.loc["b", "n_seeds"] == 1  # one seed: no spread
+    assert spread.loc["c", "n_seeds"] == 0  # a classical row has no seed
+
+
+def test_the_headline_shows_seeds_spread_and_whether_a_difference_exceeds_the_noise(tmp_path: Path) -> None:
+    task = tmp_path / "sr"
+    (task / "evaluate").mkdir(parents=True)
+    (task / "retrain").mkdir()
+    rows = [{"setting": "sr_x2", "method": "bicubic", "seed": float("nan"), "set": "Set5", "psnr": 33.0, "ssim": 0.9,
+             "n_images": 5}]
+    for seed, (backbone, acla) in enumerate([(35.0, 35.5), (35.1, 35.6), (34.9, 35.4)]):
+        rows += [{"setting": "sr_x2", "method": "backbone", "seed": seed, "set": "Set5", "psnr": backbone, "ssim": 0.9,
+                  "n_images": 5},
+                 {"setting": "sr_x2", "method": "acla", "seed": seed, "set": "Set5", "psnr": acla, "ssim": 0.9,
+                  "n_images": 5}]
+    pd.DataFrame(rows).to_csv(task / "evaluate" / "scores.csv", index=False)
+    pd.DataFrame({"iterations": [10]}).to_csv(task / "retrain" / "runs.csv", index=False)
+    top = headline(task).iloc[0]
+    assert top.backbone_n_seeds == 3 and top.acla_psnr_mean == pytest.approx(35.5)
+    assert top.delta_acla == pytest.approx(0.5) and top.delta_acla_se == pytest.approx((2 * 0.01 / 3) ** 0.5)
+    assert top.delta_acla_verdict == "exceeds noise"
+    (task / "evaluate" / "scores.csv").write_text(pd.DataFrame(rows).assign(
+        psnr=lambda f: f.psnr.where(~((f.method == "acla") & (f.seed == 0)), 34.0)).to_csv(index=False))
+    assert headline(task).iloc[0].delta_acla_verdict == "within noise"
+
+
+def test_a_profile_may_skip_a_task_and_its_stages_write_only_provenance(tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text().replace("      ci: {settings: [jpeg_q20]}", "      ci: {settings: []}")
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    study = open_task("jpeg", params, profile="ci", reports=tmp_path / "study", runs=tmp_path / "runs", progress=False)
+    for step in (study.search, study.retrain, study.evaluate, study.ablate, study.efficiency):
+        assert step().empty
+    assert json.loads((study.reports / "evaluate" / "provenance.json").read_text())["skipped"] is True
+    assert not (study.reports / "evaluate" / "scores.csv").exists() and (study.runs / "retrain").is_dir()
 
 
 def test_the_smoke_profile_is_the_reduced_study_the_issue_names() -> None:

@@ -161,8 +161,10 @@ class SampledCrossLayerAttention(AttentionBase):
         budget_weight: float = 0.0,
         temperature: float = 1.0,
         gate_bias: float = 2.0,
+        fast: bool = True,
     ) -> None:
         super().__init__(budget_weight if adaptive else 0.0)
+        self.fast = fast  # False: the reference path (autograd through every bilinear op), kept for tests
         if logits not in LOGIT_FORMS:
             raise ValueError(f"logits must be one of {LOGIT_FORMS}, got {logits!r}")
         if num_refs < 1:
@@ -227,12 +229,19 @@ class SampledCrossLayerAttention(AttentionBase):
         query = query.contiguous(memory_format=torch.channels_last)
         stacked = torch.stack([ref.permute(0, 2, 3, 1) for ref in refs], dim=1)  # (B, R, H, W, C)
         values = self.value(stacked.flatten(0, 1).permute(0, 3, 1, 2))  # (S2) V^r, (B*R, Cv, H, W) channels-last
-        taps = bilinear_taps(self.sampling_positions(query), height, width)  # (S1)-(S2) (B, H, W, R, K, 4) each
+        positions = self.sampling_positions(query)  # (S1) (B, H, W, R, K, 2)
+        if self.fast:  # (S2) taps, offsets and weights computed inside one autograd node per gather
+            sample = lambda maps: bilinear_gather(maps, positions)  # noqa: E731
+            aggregate = lambda maps, weights: bilinear_gather(maps, positions, weights)  # noqa: E731
+        else:  # reference: taps computed once by traced torch ops, shared by both gathers
+            taps = bilinear_taps(positions, height, width)  # (B, H, W, R, K, 4) each
+            sample = lambda maps: sample_taps(maps, taps)  # noqa: E731
+            aggregate = lambda maps, weights: aggregate_taps(maps, taps, weights)  # noqa: E731
 
         if self.logit_form == "predicted":
             logits = self.attention(query).permute(0, 2, 3, 1)  # (S3) (B, H, W, R*K)
         else:
-            sampled_keys = sample_taps(self.key(values), taps).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
+            sampled_keys = sample(self.key(values)).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
             q = self.query(query).permute(0, 2, 3, 1)  # (B, H, W, d)
             logits = torch.einsum("bhwd,bhwkd->bhwk", q, sampled_keys) / math.sqrt(q.shape[-1])
 
@@ -251,7 +260,7 @@ class SampledCrossLayerAttention(AttentionBase):
         self.open_keys = counts.float().mean()
 
         weights = weights.view(batch, height, width, self.num_refs, self.num_keys)
-        aggregated = aggregate_taps(values, taps, weights).permute(0, 3, 1, 2)  # (S5) (B, Cv, H, W)
+        aggregated = aggregate(values, weights).permute(0, 3, 1, 2)  # (S5) (B, Cv, H, W)
         return self.output(aggregated).contiguous(memory_format=output_format)  # (S5) W_z
 
 
@@ -362,6 +371,155 @@ def bilinear_taps(positions: torch.Tensor, height: int, width: int) -> tuple[tor
     corners = torch.tensor([0, 1, width, width + 1], device=positions.device, dtype=index_type)
     index = (top_left.unsqueeze(-1) + corners).clamp_(0, rows - 1)
     return index, weight
+
+
+def bilinear_gather(maps: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The fast path of ``sample_taps`` / ``aggregate_taps``: one autograd node, same numbers.
+
+    ``maps`` (B*R, c, H, W) (channels-last memory avoids a copy), ``positions`` (B, H, W, R, K, 2) in
+    pixels. Without ``weights``: the bilinear samples (B, H, W, R, K, c). With ``weights`` (B, H, W, R, K):
+    (S5) their weighted sum over the R*K keys, (B, H, W, c). The bilinear taps and weights are computed
+    once in the forward and again (cheaply, without autograd) in the backward, whose gradients for the
+    positions and weights are written out by hand; no traced per-tap intermediate is kept.
+    """
+    height, width = maps.shape[-2:]
+    table = as_table(maps)
+    if torch.compiler.is_compiling():  # traced ops: inductor fuses gather, weighting and sum (and the scatter back)
+        return _gather_forward(table, positions, weights, height, width, traced=True)
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (table, positions, weights))
+    if not wants_grad:
+        return _gather_forward(table, positions, weights, height, width)
+    if table.device.type != "cpu" or table.dtype not in (torch.float32, torch.float64):  # the sparse backward's
+        # devices and dtypes; elsewhere the reference ops
+        taps = bilinear_taps(positions, height, width)
+        return sample_taps(maps, taps) if weights is None else aggregate_taps(maps, taps, weights)
+    return _BilinearGather.apply(table, positions, weights, height, width)
+
+
+def _gather_forward(table, positions, weights, height, width, *, traced: bool = False) -> torch.Tensor:
+    """The forward of ``bilinear_gather`` from a (rows, c) table: one weighted embedding_bag.
+
+    ``traced``: autograd (or the compiler) follows the taps, and the gather is an indexing whose weighted
+    sum inductor fuses (eagerly it would build every sampled row).
+    """
+    with torch.set_grad_enabled(traced and torch.is_grad_enabled()):
+        index, _, bilinear, _ = _taps(positions, height, width, per_key=weights is None)
+    fused = bilinear if weights is None else bilinear.to(weights.dtype) * weights.reshape(index.shape[0], 1, -1)
+    fused = fused.to(table.dtype)
+    if traced:
+        out = (table[index] * fused.unsqueeze(-1)).sum((1, 2))
+    else:
+        out = F.embedding_bag(index.flatten(1), table, per_sample_weights=fused.flatten(1), mode="sum")
+    shape = positions.shape[:-1] if weights is None else positions.shape[:3]
+    return out.view(*shape, table.shape[1])
+
+
+class _BilinearGather(torch.autograd.Function):
+    """out[q] = sum_m weights[q, m] Bilinear(table, positions[q, m]) with a hand-written backward.
+
+    Backward: with u[q, t, m] = <grad[q], table[index[q, t, m]]> (embedding_bag's kernel), the weights
+    get sum_t u * bilinear_t, the positions get the derivative of the bilinear weights (the floor has
+    none), and the table gets S^T grad (S the sparse (Q, rows) gather matrix) as four sparse products, one
+    per tap corner, that share one CSR structure sorted on the top-left rows: a quarter of the sort.
+    Every per-tap tensor is corner-major, (Q, 4, M), so elementwise ops run over long contiguous rows.
+    """
+
+    @staticmethod
+    def forward(ctx, table, positions, weights, height, width):
+        ctx.save_for_backward(table, positions, weights)
+        ctx.sizes = (height, width)
+        return _gather_forward(table, positions, weights, height, width)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        table, positions, weights = ctx.saved_tensors
+        height, width = ctx.sizes
+        with torch.no_grad():
+            index, top_left, bilinear, (weight_x, weight_y, inside_x, inside_y) = _taps(
+                positions, height, width, per_key=weights is None)
+        queries, _, keys = index.shape
+        flat_weights = None if weights is None else weights.reshape(queries, 1, keys).to(bilinear.dtype)
+        fused = bilinear if weights is None else bilinear * flat_weights
+        grad_out = grad_out.reshape(queries, table.shape[1]).contiguous()
+        grad_table = grad_positions = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_table = _transposed_gather(grad_out, top_left.flatten(), fused.to(grad_out.dtype), table.shape[0], width)
+        if ctx.needs_input_grad[1] or (weights is not None and ctx.needs_input_grad[2]):
+            flat_index = index.flatten()
+            taps = index.shape[1] * keys
+            tap_grad = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out, table, flat_index, torch.arange(0, queries * taps, taps, dtype=flat_index.dtype),
+                torch.arange(queries, dtype=flat_index.dtype).repeat_interleave(taps), 0,  # offset2bag; mode 0 = sum
+            ).view(index.shape).to(bilinear.dtype)  # u[q, t, m]
+            if weights is not None and ctx.needs_input_grad[2]:
+                grad_weights = (tap_grad * bilinear).sum(1).view(weights.shape).to(weights.dtype)
+            if ctx.needs_input_grad[1]:
+                if flat_weights is not None:
+                    tap_grad = tap_grad * flat_weights
+                u00, u01, u10, u11 = tap_grad.unbind(1)  # taps (y0 x0, y0 x1, y1 x0, y1 x1)
+                grad_x = weight_y[0] * (u01 * inside_x[1] - u00 * inside_x[0]) + weight_y[1] * (
+                    u11 * inside_x[1] - u10 * inside_x[0])
+                grad_y = weight_x[0] * (u10 * inside_y[1] - u00 * inside_y[0]) + weight_x[1] * (
+                    u11 * inside_y[1] - u01 * inside_y[0])
+                grad_positions = torch.stack([grad_x, grad_y], -1).view(positions.shape)
+        return grad_table, grad_positions, grad_weights, None, None
+
+
+def _taps(positions: torch.Tensor, height: int, width: int, *, per_key: bool):
+    """``bilinear_taps`` corner-major, plus what the hand-written backward needs.
+
+    With Q bags of M keys (Q = B*H*W and M = R*K, or one bag per key when ``per_key``): ``index`` and
+    ``bilinear`` (Q, 4, M), the same rows and numbers as ``bilinear_taps`` (taps y0 x0, y0 x1, y1 x0,
+    y1 x1); ``top_left`` (Q, M), the row of the (y0, x0) tap clamped to [-(W+1), rows-1], so that every
+    tap with a non-zero weight is ``top_left + (0, 1, W, W+1)``; and the per-axis weights and inside
+    masks (each a pair of (Q, M) tensors for the 0 and +1 neighbour).
+    """
+    batch, _, _, refs = positions.shape[:4]
+    keys = 1 if per_key else positions.shape[3] * positions.shape[4]
+    queries = positions[..., 0].numel() // keys
+    x, y = positions[..., 0].reshape(queries, keys), positions[..., 1].reshape(queries, keys)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    inside_x = ((x0 >= 0) & (x0 <= width - 1), (x0 >= -1) & (x0 <= width - 2))
+    inside_y = ((y0 >= 0) & (y0 <= height - 1), (y0 >= -1) & (y0 <= height - 2))
+    weight_x = ((1 - fx) * inside_x[0], fx * inside_x[1])
+    weight_y = ((1 - fy) * inside_y[0], fy * inside_y[1])
+    bilinear = torch.stack([wy * wx for wy in weight_y for wx in weight_x], 1)  # (Q, 4, M)
+    rows = batch * refs * height * width
+    index_type = torch.int32 if rows < 2**31 - width - 2 else torch.int64  # int32 halves the index memory
+    map_index = torch.arange(batch * refs, device=positions.device, dtype=index_type).view(batch, 1, 1, refs, 1)
+    top_left = (map_index * (height * width)).expand(positions.shape[:-1]).reshape(queries, keys) + (
+        y0.to(index_type) * width + x0.to(index_type))
+    index = torch.stack([top_left + corner for corner in (0, 1, width, width + 1)], 1).clamp_(0, rows - 1)
+    top_left = top_left.clamp_(-(width + 1), rows - 1)
+    as_float = lambda pair: tuple(mask.to(positions.dtype) for mask in pair)  # noqa: E731
+    return index, top_left, bilinear, (weight_x, weight_y, as_float(inside_x), as_float(inside_y))
+
+
+def _transposed_gather(grad_out: torch.Tensor, top_left: torch.Tensor, corner_weights: torch.Tensor,
+                       rows: int, width: int) -> torch.Tensor:
+    """S^T grad_out, (rows, c), with S[q, top_left[q, m] + corner_t] = corner_weights[q, t, m].
+
+    ``top_left`` flattened (Q*M,), ``corner_weights`` (Q, 4, M). One sort of the top-left rows (shifted
+    by W+1 into [0, rows+W]) gives a CSR structure; each corner is one sparse product with it, added at
+    its row shift into a padded gradient.
+    """
+    keys = corner_weights.shape[2]
+    shift = width + 1
+    shifted = top_left + shift
+    padded_rows = rows + shift  # the values ``shifted`` takes: 0 .. rows + W
+    order = torch.argsort(shifted)
+    row_starts = torch.zeros(padded_rows + 1, dtype=torch.long, device=grad_out.device)
+    torch.cumsum(torch.bincount(shifted, minlength=padded_rows), 0, out=row_starts[1:])
+    columns = order // keys
+    padded = grad_out.new_zeros(padded_rows + shift, grad_out.shape[1])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        for corner, offset in enumerate((0, 1, width, width + 1)):
+            transposed = torch.sparse_csr_tensor(row_starts, columns, corner_weights[:, corner].flatten()[order],
+                                                 size=(padded_rows, grad_out.shape[0]), check_invariants=False)
+            padded[offset : offset + padded_rows] += transposed @ grad_out
+    return padded[shift : shift + rows]
 
 
 ATTENTIONS = ("none", "nonlocal", "cla-dense", "cla", "acla")
