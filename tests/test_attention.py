@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from acla.models import build_attention, build_model
+from acla.models import attention, build_attention, build_model, gather_kernel
 from acla.models.attention import SampledCrossLayerAttention, key_grid
 
 
@@ -239,15 +239,25 @@ def outputs_and_gradients(module: torch.nn.Module, inputs: list[torch.Tensor], s
     return [out.detach()] + [torch.zeros_like(t) if t.grad is None else t.grad for t in [*inputs, *module.parameters()]]
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def gather(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fast path's gather: the C++ kernel (skipped where it cannot be built) or its pure-torch fallback."""
+    if request.param == "torch":
+        monkeypatch.setattr(gather_kernel, "load", lambda: None)
+    elif gather_kernel.load() is None:
+        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    return request.param
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("logits", ["predicted", "dot"])
 @pytest.mark.parametrize("name", ["cla", "acla"])
-def test_fast_path_equals_the_reference_path(name: str, logits: str, training: bool) -> None:
-    module = randomise(build_attention(name, 6, 3, num_keys=9, logits=logits, gate_bias=0.0).double(), 11)
+def test_fast_path_equals_the_reference_path(name: str, logits: str, training: bool, gather: str) -> None:
+    module = randomise(build_attention(name, 16, 3, num_keys=9, logits=logits, gate_bias=0.0).double(), 11)
     with torch.no_grad():  # large offsets: keys off the grid, between pixels and outside the map
         module.offset.weight.mul_(6.0)
     module.train(training)
-    inputs = [t.requires_grad_() for t in maps(2, 6, 5, 7, count=4, seed=12)]
+    inputs = [t.requires_grad_() for t in maps(2, 16, 5, 7, count=4, seed=12)]  # 16 channels: the unrolled kernel
     fast = outputs_and_gradients(module, inputs)
     module.fast = False
     reference = outputs_and_gradients(module, inputs)
@@ -256,8 +266,55 @@ def test_fast_path_equals_the_reference_path(name: str, logits: str, training: b
         assert torch.allclose(ours, expected, rtol=0, atol=1e-12)
 
 
+def test_closed_keys_are_never_read(gather: str) -> None:
+    # A closed key's position is NaN: reading it anywhere would make the output NaN.
+    generator = torch.Generator().manual_seed(15)
+    batch, height, width, refs, keys = 2, 5, 6, 3, 4
+    values = torch.randn(batch * refs, 7, height, width, generator=generator, dtype=torch.float64)
+    positions = torch.rand(batch, height, width, refs, keys, 2, generator=generator, dtype=torch.float64) * 8 - 1
+    open_keys = torch.rand(batch, height, width, refs, keys, generator=generator) < 0.5
+    open_keys[..., 0, 0] = True  # every query has an open key
+    weights = torch.rand(batch, height, width, refs, keys, generator=generator, dtype=torch.float64) * open_keys
+    poisoned = positions.masked_fill(~open_keys.unsqueeze(-1), float("nan"))
+    expected = attention.aggregate_keys(values, positions, weights)  # dense reference: closed keys weighted 0
+    with torch.no_grad():
+        assert torch.allclose(attention.bilinear_gather(values, poisoned, weights, open_keys), expected, atol=1e-12)
+        samples = attention.bilinear_gather(values, poisoned, open_keys=open_keys)  # (P, C) where packed
+        if gather == "torch":
+            dense = attention.bilinear_gather(values, positions)  # (B, H, W, R, K, C)
+            assert torch.allclose(samples, dense[open_keys], atol=1e-12)
+
+
+def test_the_kernel_op_passes_opcheck() -> None:
+    # schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op
+    if gather_kernel.load() is None:
+        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    generator = torch.Generator().manual_seed(16)
+    positions = (torch.rand(1, 3, 4, 2, 4, 2, generator=generator, dtype=torch.float64) * 5 - 1).requires_grad_()
+    weights = torch.rand(1, 3, 4, 2, 4, generator=generator, dtype=torch.float64).requires_grad_()
+    maps = [torch.randn(1, 3, 4, 5, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(2)]
+    torch.library.opcheck(attention.kernel_gather, (positions, weights, maps))  # weighted sums
+    torch.library.opcheck(attention.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
+
+
 @pytest.mark.parametrize("logits", ["predicted", "dot"])
-def test_gradcheck_of_the_fast_gather(logits: str) -> None:
+def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str, gather: str) -> None:
+    module = randomise(build_attention("acla", 6, 3, num_keys=9, logits=logits, gate_bias=0.0).double(), 13).eval()
+    with torch.no_grad():
+        module.offset.weight.mul_(6.0)
+    query, *refs = maps(2, 6, 5, 7, count=4, seed=14)
+    with torch.no_grad():
+        assert module.skips_closed_keys()
+        skipping = module(query, refs)
+        open_keys = float(module.open_keys)
+        module.fast = False
+        dense = module(query, refs)  # the reference: every key gathered, closed ones weighted 0
+    assert 0.2 < open_keys / 27 < 0.8
+    assert torch.allclose(skipping, dense, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("logits", ["predicted", "dot"])
+def test_gradcheck_of_the_fast_gather(logits: str, gather: str) -> None:
     module = build_attention("cla", 3, 2, num_keys=4, logits=logits).double()
     randomise(module, 8)
     with torch.no_grad():
@@ -267,24 +324,31 @@ def test_gradcheck_of_the_fast_gather(logits: str) -> None:
     assert torch.autograd.gradcheck(lambda q, a, b: module(q, [a, b]), (query, *refs), atol=1e-6)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["nonlocal", "cla-dense", "cla", "acla"])
-def test_the_family_compiles_fullgraph_on_cpu(name: str) -> None:
+def test_the_family_compiles_fullgraph(name: str, device: str) -> None:
     # ACLA in eval mode: compiled code draws other Gumbel noise (its training graph is compiled in the next test)
-    module = randomise(build_attention(name, 4, 2, num_keys=4)).train(name != "acla")
-    inputs = [t.float().requires_grad_() for t in maps(1, 4, 5, 5, count=3)]
+    module = randomise(build_attention(name, 4, 2, num_keys=4)).to(device).train(name != "acla")
+    inputs = [t.float().to(device).requires_grad_() for t in maps(1, 4, 5, 5, count=3)]
     eager = outputs_and_gradients(module, inputs)
     compiled = outputs_and_gradients(torch.compile(module, fullgraph=True), inputs)
     for ours, expected in zip(compiled, eager):
         assert torch.allclose(ours, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("task", ["sr", "denoise"])
-def test_the_backbones_compile_fullgraph_on_cpu(task: str) -> None:
+def test_the_backbones_compile_fullgraph(task: str, device: str) -> None:
     torch.manual_seed(0)
     model = build_model(task, "tiny", attention="acla", insert="four-stages", scale=2 if task == "sr" else 1,
-                        num_blocks=4, channels=8).train()
-    compiled = torch.compile(model, fullgraph=True)
-    x = torch.rand(2, 3, 8, 8)
+                        num_blocks=4, channels=8).to(device).train()
+    # aot_eager: one graph, forward and backward traced by AOTAutograd as inductor gets them, without its
+    # minutes of C++ code generation (the family test above runs inductor itself)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.rand(2, 3, 8, 8, device=device)
     torch.manual_seed(1)
     compiled(x).abs().mean().backward()
     assert all(p.grad is not None for p in model.parameters())

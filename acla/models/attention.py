@@ -15,20 +15,32 @@ Variants (spec section 5):
 * ``cla``       K keys per reference sampled around the query (S1)-(S5).
 * ``acla``      ``cla`` with a per-key gate (S6)-(S8): a flexible number of keys per query.
 
-Sampling is vectorised over references and keys, never a Python loop over keys: the bilinear taps of
-every key become rows of a channels-last table, and one ``F.embedding_bag`` per map gathers them with
-the attention and bilinear weights fused (``benchmarks/bench_sampling.py`` compares it with one
-batched ``grid_sample`` and with a per-key loop).
+Sampling is vectorised over references and keys, never a Python loop over keys. Two paths compute the
+same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and gradients equal in float64):
+
+* the fast path (default): the 1x1 projections as matrix products on channels-last rows (the query's
+  heads in one), and ``bilinear_gather``: on CPU the C++ kernel of ``gather_kernel`` (one walk over the
+  taps, forward and backward; registered as the custom op ``acla::bilinear_gather`` so that
+  ``torch.compile`` keeps it), or, where no compiler builds it, pure torch (taps per corner, one autograd
+  node with a hand-written backward). At inference with deterministic gates, closed keys are never
+  gathered: the kernel skips weight-0 keys, the pure-torch path packs each query's open keys into one bag.
+* the reference path (``fast=False``): 1x1 convolutions, the four bilinear taps of every key as rows of a
+  channels-last table and one ``F.embedding_bag`` with the attention and bilinear weights fused, autograd
+  through every op (``benchmarks/bench_sampling.py`` compares the formulations, with one batched
+  ``grid_sample`` and a per-key loop).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from acla.models import gather_kernel
 
 LOGIT_FORMS = ("predicted", "dot")
 
@@ -165,6 +177,8 @@ class SampledCrossLayerAttention(AttentionBase):
     ) -> None:
         super().__init__(budget_weight if adaptive else 0.0)
         self.fast = fast  # False: the reference path (autograd through every bilinear op), kept for tests
+        if fast:
+            gather_kernel.load()  # build or find the C++ kernel now, not inside a graph torch.compile traces
         if logits not in LOGIT_FORMS:
             raise ValueError(f"logits must be one of {LOGIT_FORMS}, got {logits!r}")
         if num_refs < 1:
@@ -188,10 +202,17 @@ class SampledCrossLayerAttention(AttentionBase):
             nn.init.constant_(self.gate.bias, gate_bias)  # start with most keys open (sigmoid(2) = 0.88)
         self.output = zero_init(nn.Conv2d(value_channels, channels, 1))  # (S5) W_z, identity at init
 
-    def sampling_positions(self, query: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, R, K, 2) pixel positions (x, y) of every key: p + p_k + dp_{r,k}(p)."""
+    def sampling_positions(self, query: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W, R, K, 2) pixel positions (x, y) of every key: p + p_k + dp_{r,k}(p).
+
+        ``offsets`` (B, H, W, 2*R*K), the (S1) projection when the caller has it, else computed from ``query``.
+        """
         batch, _, height, width = query.shape
-        offsets = self.offset(query).permute(0, 2, 3, 1)  # (S1) (B, H, W, 2*R*K), pixels, zero at init
+        if offsets is None:
+            offsets = self.offset(query).permute(0, 2, 3, 1)  # (S1) (B, H, W, 2*R*K), pixels, zero at init
+        # Positions in at least float32: bf16 (autocast) holds a pixel position of ~80 only to 0.5 px and one of
+        # ~300 to 2 px, which would move every key (found by `python -m acla gpu-check`'s bf16 checks).
+        offsets = offsets.to(torch.promote_types(offsets.dtype, torch.float32))
         offsets = offsets.reshape(batch, height, width, self.num_refs, self.num_keys, 2)
         ys = torch.arange(height, device=query.device, dtype=offsets.dtype).view(1, height, 1, 1, 1)
         xs = torch.arange(width, device=query.device, dtype=offsets.dtype).view(1, 1, width, 1, 1)
@@ -204,7 +225,10 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def gates(self, query: torch.Tensor) -> torch.Tensor:
         """(S6)-(S7) per-key gates (B, R*K, H, W), exactly 0/1 in the forward pass."""
-        scores = self.gate(query)  # (S6) s, (B, R*K, H, W)
+        return self.gate_values(self.gate(query).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def gate_values(self, scores: torch.Tensor) -> torch.Tensor:
+        """(S6)-(S7) gates (B, H, W, R*K) from the gate logits ``scores`` s (B, H, W, R*K)."""
         self.key_budget = torch.sigmoid(scores.float()).mean()  # (S8) expected fraction of open keys
         if self.training:
             uniform = torch.rand_like(scores).clamp_(1e-6, 1 - 1e-6)
@@ -212,24 +236,50 @@ class SampledCrossLayerAttention(AttentionBase):
             hard = relaxed > 0.5
         else:
             relaxed, hard = None, scores > 0  # deterministic at inference
-        strongest = F.one_hot(scores.argmax(dim=1), scores.shape[1]).permute(0, 3, 1, 2).bool()
+        strongest = F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).bool()
         hard = hard | strongest  # (S7) the best-scored key is always open
         if relaxed is None:
             return hard.to(scores.dtype)
         return hard.to(scores.dtype) + (relaxed - relaxed.detach())  # straight-through, exactly 0/1 forward
 
+    def skips_closed_keys(self) -> bool:
+        """Whether this call gathers the open keys only: deterministic gates, nothing to differentiate, eager."""
+        return self.fast and not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+    def projections(self, query: torch.Tensor, refs: list[torch.Tensor]):
+        """The 1x1 projections, as channels-last rows: (S1) offsets (B, H, W, 2*R*K), (S3) the logits
+        (``predicted``) or W_q F^l (``dot``) (B, H, W, R*K or d), (S6) the gate logits (B, H, W, R*K) or
+        None, and (S2) the values V^r: fast path, a list of R rows (B, H, W, Cv); reference path, maps
+        (B*R, Cv, H, W) with channels-last memory.
+
+        Fast path: the query's heads are one matrix product on its rows, and each reference's values one
+        more; the reference path runs the 1x1 convolutions.
+        """
+        heads = [self.offset, self.attention if self.logit_form == "predicted" else self.query]
+        heads += [self.gate] if self.adaptive else []
+        if self.fast:
+            rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
+            weight = torch.cat([head.weight.flatten(1) for head in heads])
+            projected = F.linear(rows, weight, torch.cat([head.bias for head in heads]))
+            outputs = projected.split([head.out_channels for head in heads], dim=-1)
+            values = [rows_linear(self.value, ref.permute(0, 2, 3, 1)) for ref in refs]
+        else:
+            query = query.contiguous(memory_format=torch.channels_last)  # the convs then emit (B, H, W, c) memory
+            outputs = [head(query).permute(0, 2, 3, 1) for head in heads]
+            stacked = torch.stack([ref.permute(0, 2, 3, 1) for ref in refs], dim=1)  # (B, R, H, W, C)
+            values = self.value(stacked.flatten(0, 1).permute(0, 3, 1, 2))
+        return outputs[0], outputs[1], outputs[2] if self.adaptive else None, values
+
+    def keys(self, values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """(S3) W_k on the values, in their layout (``projections``)."""
+        return [rows_linear(self.key, rows) for rows in values] if isinstance(values, list) else self.key(values)
+
     def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         self._check_refs(query, refs, self.num_refs)
         batch, _, height, width = query.shape
-        # Channels-last throughout: the 1x1 convs then emit (B, H, W, c) memory, which is the layout the
-        # per-query gathers read, so no permute copies are needed.
-        output_format = torch.channels_last if query.is_contiguous(memory_format=torch.channels_last) else (
-            torch.contiguous_format
-        )
-        query = query.contiguous(memory_format=torch.channels_last)
-        stacked = torch.stack([ref.permute(0, 2, 3, 1) for ref in refs], dim=1)  # (B, R, H, W, C)
-        values = self.value(stacked.flatten(0, 1).permute(0, 3, 1, 2))  # (S2) V^r, (B*R, Cv, H, W) channels-last
-        positions = self.sampling_positions(query)  # (S1) (B, H, W, R, K, 2)
+        # Channels-last rows throughout: (B, H, W, c) memory is the layout the per-query gathers read.
+        offsets, head, scores, values = self.projections(query, refs)  # (S1), (S3), (S6), (S2) V^r
+        positions = self.sampling_positions(query, offsets)  # (S1) (B, H, W, R, K, 2)
         if self.fast:  # (S2) taps, offsets and weights computed inside one autograd node per gather
             sample = lambda maps: bilinear_gather(maps, positions)  # noqa: E731
             aggregate = lambda maps, weights: bilinear_gather(maps, positions, weights)  # noqa: E731
@@ -238,15 +288,25 @@ class SampledCrossLayerAttention(AttentionBase):
             sample = lambda maps: sample_taps(maps, taps)  # noqa: E731
             aggregate = lambda maps, weights: aggregate_taps(maps, taps, weights)  # noqa: E731
 
+        gates = None if scores is None else self.gate_values(scores)  # (S6) (B, H, W, R*K), exactly 0/1
+        open_keys = None
+        if gates is not None and self.skips_closed_keys():  # (S7) closed keys are never gathered
+            open_keys = gates.view(positions.shape[:-1]) > 0  # (B, H, W, R, K)
+            sample = lambda maps: bilinear_gather(maps, positions, open_keys=open_keys)  # noqa: E731
+            aggregate = lambda maps, weights: bilinear_gather(maps, positions, weights, open_keys)  # noqa: E731
+
         if self.logit_form == "predicted":
-            logits = self.attention(query).permute(0, 2, 3, 1)  # (S3) (B, H, W, R*K)
+            logits = head  # (S3) (B, H, W, R*K)
+        elif open_keys is not None:  # (S3) dot logits of the open keys; closed ones -inf
+            q = head.reshape(-1, head.shape[-1])  # (B*H*W, d)
+            q = q.repeat_interleave(open_keys.flatten(3).sum(-1).flatten(), dim=0)  # (P, d): each open key's query
+            products = (q * sample(self.keys(values))).sum(-1) / math.sqrt(q.shape[-1])  # (P,)
+            logits = torch.full_like(gates, float("-inf")).masked_scatter_(open_keys.view_as(gates), products)
         else:
-            sampled_keys = sample(self.key(values)).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
-            q = self.query(query).permute(0, 2, 3, 1)  # (B, H, W, d)
-            logits = torch.einsum("bhwd,bhwkd->bhwk", q, sampled_keys) / math.sqrt(q.shape[-1])
+            sampled_keys = sample(self.keys(values)).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
+            logits = torch.einsum("bhwd,bhwkd->bhwk", head, sampled_keys) / math.sqrt(head.shape[-1])
 
         if self.adaptive:
-            gates = self.gates(query).permute(0, 2, 3, 1)  # (S6) (B, H, W, R*K), exactly 0/1
             # (S7) closed keys leave the softmax: a = g exp(e - max_open) / sum g exp(e - max_open).
             # Multiplying by g (not masking with -inf) lets the straight-through gradient reach the gate.
             open_max = logits.masked_fill(gates.detach() == 0, float("-inf")).amax(dim=-1, keepdim=True).detach()
@@ -260,8 +320,18 @@ class SampledCrossLayerAttention(AttentionBase):
         self.open_keys = counts.float().mean()
 
         weights = weights.view(batch, height, width, self.num_refs, self.num_keys)
-        aggregated = aggregate(values, weights).permute(0, 3, 1, 2)  # (S5) (B, Cv, H, W)
-        return self.output(aggregated).contiguous(memory_format=output_format)  # (S5) W_z
+        aggregated = aggregate(values, weights)  # (S5) (B, H, W, Cv)
+        if self.fast:  # (S5) W_z on the rows; the result keeps channels-last memory
+            return rows_linear(self.output, aggregated).permute(0, 3, 1, 2)
+        output_format = torch.channels_last if query.is_contiguous(memory_format=torch.channels_last) else (
+            torch.contiguous_format
+        )
+        return self.output(aggregated.permute(0, 3, 1, 2)).contiguous(memory_format=output_format)  # (S5) W_z
+
+
+def rows_linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to channels-last rows (..., C_in) -> (..., C_out): one matrix product."""
+    return F.linear(rows, conv.weight.flatten(1), conv.bias)
 
 
 def as_table(maps: torch.Tensor) -> torch.Tensor:
@@ -373,55 +443,143 @@ def bilinear_taps(positions: torch.Tensor, height: int, width: int) -> tuple[tor
     return index, weight
 
 
-def bilinear_gather(maps: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def bilinear_gather(
+    maps: torch.Tensor | list[torch.Tensor], positions: torch.Tensor, weights: torch.Tensor | None = None,
+    open_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The fast path of ``sample_taps`` / ``aggregate_taps``: one autograd node, same numbers.
 
-    ``maps`` (B*R, c, H, W) (channels-last memory avoids a copy), ``positions`` (B, H, W, R, K, 2) in
-    pixels. Without ``weights``: the bilinear samples (B, H, W, R, K, c). With ``weights`` (B, H, W, R, K):
-    (S5) their weighted sum over the R*K keys, (B, H, W, c). The bilinear taps and weights are computed
-    once in the forward and again (cheaply, without autograd) in the backward, whose gradients for the
-    positions and weights are written out by hand; no traced per-tap intermediate is kept.
+    ``maps``: the R reference maps, as a list of channels-last rows (B, H, W, c) (what the fast path
+    makes: no stacked copy) or one (B*R, c, H, W) tensor; ``positions`` (B, H, W, R, K, 2) in pixels.
+    Without ``weights``: the bilinear samples (B, H, W, R, K, c). With ``weights`` (B, H, W, R, K): (S5)
+    their weighted sum over the R*K keys, (B, H, W, c).
+
+    On CPU in float32/float64 the C++ kernel of ``gather_kernel`` does the work where it builds (it skips
+    keys of weight 0); otherwise the pure-torch path: the bilinear taps and weights computed once in the
+    forward and again, without autograd, in the backward, whose gradients for the positions and weights
+    are written out by hand.
+
+    ``open_keys``, inference only: a (B, H, W, R, K) mask of the keys to read (every query has one);
+    the others count as weight 0 and are never read. Samples then come as (P, c), the P open keys in
+    ``nonzero`` order; the weighted sum stays (B, H, W, c), from packed bags of each query's open keys.
     """
-    height, width = maps.shape[-2:]
-    table = as_table(maps)
+    batch, height, width, refs = positions.shape[:4]
+    if isinstance(maps, torch.Tensor):
+        maps = list(maps.permute(0, 2, 3, 1).unflatten(0, (batch, refs)).unbind(1))  # R x (B, H, W, c)
+    on_cpu = maps[0].device.type == "cpu" and maps[0].dtype in (torch.float32, torch.float64)
+    if on_cpu and gather_kernel.load() is not None and (open_keys is None or weights is not None):
+        # the kernel skips weight-0 keys itself
+        weights = maps[0].new_empty(0) if weights is None else weights.to(maps[0].dtype)
+        return kernel_gather(positions.to(maps[0].dtype), weights, maps)
+    table = torch.stack(maps, dim=1).reshape(-1, maps[0].shape[-1])  # (B*R*H*W, c), rows of maps (b, r)
     if torch.compiler.is_compiling():  # traced ops: inductor fuses gather, weighting and sum (and the scatter back)
         return _gather_forward(table, positions, weights, height, width, traced=True)
+    if open_keys is not None:
+        return _open_key_gather(table, positions, weights, open_keys, height, width)
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (table, positions, weights))
     if not wants_grad:
         return _gather_forward(table, positions, weights, height, width)
-    if table.device.type != "cpu" or table.dtype not in (torch.float32, torch.float64):  # the sparse backward's
-        # devices and dtypes; elsewhere the reference ops
+    if not on_cpu:  # the reference ops
         taps = bilinear_taps(positions, height, width)
-        return sample_taps(maps, taps) if weights is None else aggregate_taps(maps, taps, weights)
+        stacked = table.view(batch * refs, height, width, -1).permute(0, 3, 1, 2)
+        return sample_taps(stacked, taps) if weights is None else aggregate_taps(stacked, taps, weights)
     return _BilinearGather.apply(table, positions, weights, height, width)
 
 
+@torch.library.custom_op("acla::bilinear_gather", mutates_args=())
+def kernel_gather(positions: torch.Tensor, weights: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
+    """``bilinear_gather`` by the C++ kernel of ``gather_kernel`` (CPU, float32/float64): maps R x (B, H, W, c),
+    positions (B, H, W, R, K, 2), weights (B, H, W, R, K) or empty (one sample per key). A custom op, so
+    that ``torch.compile`` keeps it whole in its graphs; its backward is ``kernel_gather_backward``."""
+    return gather_kernel.load().gather_forward([rows.contiguous() for rows in maps], positions.contiguous(),
+                                               weights.contiguous())
+
+
+@kernel_gather.register_fake
+def _(positions, weights, maps):
+    batch, height, width, refs, keys = positions.shape[:5]
+    shape = (batch, height, width) if weights.numel() else (batch, height, width, refs, keys)
+    return maps[0].new_empty((*shape, maps[0].shape[-1]))
+
+
+@torch.library.custom_op("acla::bilinear_gather_backward", mutates_args=())
+def kernel_gather_backward(positions: torch.Tensor, weights: torch.Tensor, maps: list[torch.Tensor],
+                           grad: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients of ``kernel_gather``: the R maps', the positions' and the weights' (empty without weights)."""
+    *grad_maps, grad_positions, grad_weights = gather_kernel.load().gather_backward(
+        [rows.contiguous() for rows in maps], positions.contiguous(), weights.contiguous(), grad.contiguous(),
+        True, True, weights.numel() > 0)
+    return [*grad_maps, grad_positions, grad_weights if weights.numel() else weights.new_empty(0)]
+
+
+@kernel_gather_backward.register_fake
+def _(positions, weights, maps, grad):
+    return [torch.empty_like(rows) for rows in maps] + [torch.empty_like(positions), torch.empty_like(weights)]
+
+
+def _save_kernel_inputs(ctx, inputs, output) -> None:
+    positions, weights, maps = inputs
+    ctx.save_for_backward(positions, weights, *maps)
+
+
+def _kernel_gather_gradients(ctx, grad):
+    positions, weights, *maps = ctx.saved_tensors
+    *grad_maps, grad_positions, grad_weights = kernel_gather_backward(positions, weights, maps, grad)
+    return grad_positions, grad_weights if weights.numel() else None, grad_maps
+
+
+kernel_gather.register_autograd(_kernel_gather_gradients, setup_context=_save_kernel_inputs)
+
+
 def _gather_forward(table, positions, weights, height, width, *, traced: bool = False) -> torch.Tensor:
-    """The forward of ``bilinear_gather`` from a (rows, c) table: one weighted embedding_bag.
+    """The forward of ``bilinear_gather`` from a (rows, c) table: one weighted embedding_bag per tap corner.
 
     ``traced``: autograd (or the compiler) follows the taps, and the gather is an indexing whose weighted
     sum inductor fuses (eagerly it would build every sampled row).
     """
     with torch.set_grad_enabled(traced and torch.is_grad_enabled()):
-        index, _, bilinear, _ = _taps(positions, height, width, per_key=weights is None)
-    fused = bilinear if weights is None else bilinear.to(weights.dtype) * weights.reshape(index.shape[0], 1, -1)
-    fused = fused.to(table.dtype)
-    if traced:
-        out = (table[index] * fused.unsqueeze(-1)).sum((1, 2))
-    else:
-        out = F.embedding_bag(index.flatten(1), table, per_sample_weights=fused.flatten(1), mode="sum")
+        taps = _taps(positions, height, width, per_key=weights is None)
+    flat_weights = None if weights is None else weights.reshape(taps.top_left.shape)
+    out = None
+    for index, bilinear in zip(taps.index, taps.bilinear):  # (Q, M) each
+        fused = (bilinear if flat_weights is None else bilinear.to(weights.dtype) * flat_weights).to(table.dtype)
+        if traced:
+            part = (table[index] * fused.unsqueeze(-1)).sum(1)
+        else:
+            part = F.embedding_bag(index, table, per_sample_weights=fused, mode="sum")
+        out = part if out is None else out + part
     shape = positions.shape[:-1] if weights is None else positions.shape[:3]
     return out.view(*shape, table.shape[1])
+
+
+def _open_key_gather(table, positions, weights, open_keys, height, width) -> torch.Tensor:
+    """``bilinear_gather`` on the open keys only: packed bags, one per query (each has an open key)."""
+    flat = open_keys.flatten().nonzero().squeeze(1)  # (P,) ascending: query-major
+    taps = _taps(positions, height, width, per_key=True, open_keys=flat)  # (P, 1) each
+    if weights is None:
+        bags = [(index, bilinear.to(table.dtype), None) for index, bilinear in zip(taps.index, taps.bilinear)]
+    else:
+        per_query = open_keys.flatten(3).sum(-1).flatten()  # (B*H*W,)
+        offsets = (torch.cumsum(per_query, 0) - per_query).to(taps.top_left.dtype)  # each query's first key
+        open_weights = weights.flatten().index_select(0, flat).to(taps.bilinear[0].dtype)
+        bags = [(index.flatten(), (bilinear.flatten() * open_weights).to(table.dtype), offsets)
+                for index, bilinear in zip(taps.index, taps.bilinear)]
+    out = None
+    for index, fused, offsets in bags:
+        part = F.embedding_bag(index, table, offsets, per_sample_weights=fused, mode="sum")
+        out = part if out is None else out + part
+    return out if weights is None else out.view(*positions.shape[:3], table.shape[1])
 
 
 class _BilinearGather(torch.autograd.Function):
     """out[q] = sum_m weights[q, m] Bilinear(table, positions[q, m]) with a hand-written backward.
 
-    Backward: with u[q, t, m] = <grad[q], table[index[q, t, m]]> (embedding_bag's kernel), the weights
-    get sum_t u * bilinear_t, the positions get the derivative of the bilinear weights (the floor has
-    none), and the table gets S^T grad (S the sparse (Q, rows) gather matrix) as four sparse products, one
-    per tap corner, that share one CSR structure sorted on the top-left rows: a quarter of the sort.
-    Every per-tap tensor is corner-major, (Q, 4, M), so elementwise ops run over long contiguous rows.
+    Backward: with u_t[q, m] = <grad[q], table[index_t[q, m]]> for each tap corner t (embedding_bag's
+    kernel), the weights get sum_t u_t * bilinear_t, the positions get the derivative of the bilinear
+    weights (the floor has none), and the table gets S^T grad (S the sparse (Q, rows) gather matrix) as
+    four sparse products, one per corner, that share one CSR structure sorted on the top-left rows: a
+    quarter of a full sort. Every per-tap tensor is one (Q, M) tensor per corner, so elementwise ops
+    run over long contiguous rows.
     """
 
     @staticmethod
@@ -435,76 +593,93 @@ class _BilinearGather(torch.autograd.Function):
         table, positions, weights = ctx.saved_tensors
         height, width = ctx.sizes
         with torch.no_grad():
-            index, top_left, bilinear, (weight_x, weight_y, inside_x, inside_y) = _taps(
-                positions, height, width, per_key=weights is None)
-        queries, _, keys = index.shape
-        flat_weights = None if weights is None else weights.reshape(queries, 1, keys).to(bilinear.dtype)
-        fused = bilinear if weights is None else bilinear * flat_weights
+            taps = _taps(positions, height, width, per_key=weights is None)
+        queries, keys = taps.top_left.shape
+        flat_weights = None if weights is None else weights.reshape(queries, keys).to(taps.bilinear[0].dtype)
         grad_out = grad_out.reshape(queries, table.shape[1]).contiguous()
         grad_table = grad_positions = grad_weights = None
         if ctx.needs_input_grad[0]:
-            grad_table = _transposed_gather(grad_out, top_left.flatten(), fused.to(grad_out.dtype), table.shape[0], width)
+            fused = [(b if flat_weights is None else b * flat_weights).to(grad_out.dtype) for b in taps.bilinear]
+            grad_table = _transposed_gather(grad_out, taps.top_left.flatten(), fused, table.shape[0], width)
         if ctx.needs_input_grad[1] or (weights is not None and ctx.needs_input_grad[2]):
-            flat_index = index.flatten()
-            taps = index.shape[1] * keys
-            tap_grad = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out, table, flat_index, torch.arange(0, queries * taps, taps, dtype=flat_index.dtype),
-                torch.arange(queries, dtype=flat_index.dtype).repeat_interleave(taps), 0,  # offset2bag; mode 0 = sum
-            ).view(index.shape).to(bilinear.dtype)  # u[q, t, m]
+            index_type = taps.top_left.dtype
+            offsets = torch.arange(0, queries * keys, keys, dtype=index_type)
+            offset2bag = torch.arange(queries, dtype=index_type).repeat_interleave(keys)
+            u00, u01, u10, u11 = (  # u_t[q, m], taps (y0 x0, y0 x1, y1 x0, y1 x1)
+                torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                    grad_out, table, index.flatten(), offsets, offset2bag, 0,  # mode 0 = sum
+                ).view(queries, keys).to(taps.bilinear[0].dtype)
+                for index in taps.index
+            )
             if weights is not None and ctx.needs_input_grad[2]:
-                grad_weights = (tap_grad * bilinear).sum(1).view(weights.shape).to(weights.dtype)
+                grad_weights = sum(u * b for u, b in zip((u00, u01, u10, u11), taps.bilinear))
+                grad_weights = grad_weights.view(weights.shape).to(weights.dtype)
             if ctx.needs_input_grad[1]:
                 if flat_weights is not None:
-                    tap_grad = tap_grad * flat_weights
-                u00, u01, u10, u11 = tap_grad.unbind(1)  # taps (y0 x0, y0 x1, y1 x0, y1 x1)
-                grad_x = weight_y[0] * (u01 * inside_x[1] - u00 * inside_x[0]) + weight_y[1] * (
-                    u11 * inside_x[1] - u10 * inside_x[0])
-                grad_y = weight_x[0] * (u10 * inside_y[1] - u00 * inside_y[0]) + weight_x[1] * (
-                    u11 * inside_y[1] - u01 * inside_y[0])
+                    u00, u01, u10, u11 = (u * flat_weights for u in (u00, u01, u10, u11))
+                (wx0, wx1), (wy0, wy1) = taps.weight_x, taps.weight_y
+                (in_x0, in_x1), (in_y0, in_y1) = taps.inside_x, taps.inside_y
+                grad_x = wy0 * (u01 * in_x1 - u00 * in_x0) + wy1 * (u11 * in_x1 - u10 * in_x0)
+                grad_y = wx0 * (u10 * in_y1 - u00 * in_y0) + wx1 * (u11 * in_y1 - u01 * in_y0)
                 grad_positions = torch.stack([grad_x, grad_y], -1).view(positions.shape)
         return grad_table, grad_positions, grad_weights, None, None
 
 
-def _taps(positions: torch.Tensor, height: int, width: int, *, per_key: bool):
-    """``bilinear_taps`` corner-major, plus what the hand-written backward needs.
+class _Taps(NamedTuple):
+    """The four bilinear taps of Q bags of M keys, one (Q, M) tensor per corner (y0 x0, y0 x1, y1 x0, y1 x1)."""
 
-    With Q bags of M keys (Q = B*H*W and M = R*K, or one bag per key when ``per_key``): ``index`` and
-    ``bilinear`` (Q, 4, M), the same rows and numbers as ``bilinear_taps`` (taps y0 x0, y0 x1, y1 x0,
-    y1 x1); ``top_left`` (Q, M), the row of the (y0, x0) tap clamped to [-(W+1), rows-1], so that every
-    tap with a non-zero weight is ``top_left + (0, 1, W, W+1)``; and the per-axis weights and inside
-    masks (each a pair of (Q, M) tensors for the 0 and +1 neighbour).
+    index: tuple[torch.Tensor, ...]  # rows of ``as_table(maps)``, clamped into the table
+    bilinear: tuple[torch.Tensor, ...]  # bilinear weights, zero for a tap outside the map
+    top_left: torch.Tensor  # (Q, M) row of the y0 x0 tap, clamped to [-(W+1), rows-1]: every tap with a
+    # non-zero weight is ``top_left + (0, 1, W, W+1)``
+    weight_x: tuple[torch.Tensor, torch.Tensor]  # per-axis weights of the 0 and +1 neighbours
+    weight_y: tuple[torch.Tensor, torch.Tensor]
+    inside_x: tuple[torch.Tensor, torch.Tensor]  # 1 where that neighbour lies inside the map, else 0
+    inside_y: tuple[torch.Tensor, torch.Tensor]
+
+
+def _taps(positions: torch.Tensor, height: int, width: int, *, per_key: bool,
+          open_keys: torch.Tensor | None = None) -> _Taps:
+    """``bilinear_taps`` one corner at a time (the same rows and numbers), plus what the backward needs.
+
+    Bags: Q = B*H*W of M = R*K keys; or one bag per key when ``per_key``; or, with ``open_keys`` (P,)
+    (flat indices into the B*H*W*R*K keys), one bag per listed key.
     """
-    batch, _, _, refs = positions.shape[:4]
-    keys = 1 if per_key else positions.shape[3] * positions.shape[4]
-    queries = positions[..., 0].numel() // keys
-    x, y = positions[..., 0].reshape(queries, keys), positions[..., 1].reshape(queries, keys)
+    batch, _, _, refs, num_keys = positions.shape[:5]
+    rows = batch * refs * height * width
+    index_type = torch.int32 if rows < 2**31 - width - 2 else torch.int64  # int32 halves the index memory
+    map_index = torch.arange(batch * refs, device=positions.device, dtype=index_type).view(batch, 1, 1, refs, 1)
+    map_index = map_index.expand(positions.shape[:-1])  # (B, H, W, R, K): map b*R + r of every key
+    if open_keys is None:
+        keys = 1 if per_key else refs * num_keys
+        queries = positions.shape[:-1].numel() // keys
+        x, y = positions[..., 0].reshape(queries, keys), positions[..., 1].reshape(queries, keys)
+        map_index = map_index.reshape(queries, keys)
+    else:
+        x, y = positions.reshape(-1, 2).index_select(0, open_keys).unsqueeze(1).unbind(-1)  # (P, 1) each
+        map_index = map_index.reshape(-1).index_select(0, open_keys).unsqueeze(1)
     x0, y0 = x.floor(), y.floor()
     fx, fy = x - x0, y - y0
     inside_x = ((x0 >= 0) & (x0 <= width - 1), (x0 >= -1) & (x0 <= width - 2))
     inside_y = ((y0 >= 0) & (y0 <= height - 1), (y0 >= -1) & (y0 <= height - 2))
     weight_x = ((1 - fx) * inside_x[0], fx * inside_x[1])
     weight_y = ((1 - fy) * inside_y[0], fy * inside_y[1])
-    bilinear = torch.stack([wy * wx for wy in weight_y for wx in weight_x], 1)  # (Q, 4, M)
-    rows = batch * refs * height * width
-    index_type = torch.int32 if rows < 2**31 - width - 2 else torch.int64  # int32 halves the index memory
-    map_index = torch.arange(batch * refs, device=positions.device, dtype=index_type).view(batch, 1, 1, refs, 1)
-    top_left = (map_index * (height * width)).expand(positions.shape[:-1]).reshape(queries, keys) + (
-        y0.to(index_type) * width + x0.to(index_type))
-    index = torch.stack([top_left + corner for corner in (0, 1, width, width + 1)], 1).clamp_(0, rows - 1)
-    top_left = top_left.clamp_(-(width + 1), rows - 1)
+    top_left = map_index * (height * width) + y0.to(index_type) * width + x0.to(index_type)
+    index = tuple((top_left + corner).clamp_(0, rows - 1) for corner in (0, 1, width, width + 1))
     as_float = lambda pair: tuple(mask.to(positions.dtype) for mask in pair)  # noqa: E731
-    return index, top_left, bilinear, (weight_x, weight_y, as_float(inside_x), as_float(inside_y))
+    return _Taps(index, tuple(wy * wx for wy in weight_y for wx in weight_x), top_left.clamp_(-(width + 1), rows - 1),
+                 weight_x, weight_y, as_float(inside_x), as_float(inside_y))
 
 
-def _transposed_gather(grad_out: torch.Tensor, top_left: torch.Tensor, corner_weights: torch.Tensor,
+def _transposed_gather(grad_out: torch.Tensor, top_left: torch.Tensor, corner_weights: list[torch.Tensor],
                        rows: int, width: int) -> torch.Tensor:
-    """S^T grad_out, (rows, c), with S[q, top_left[q, m] + corner_t] = corner_weights[q, t, m].
+    """S^T grad_out, (rows, c), with S[q, top_left[q, m] + corner_t] = corner_weights[t][q, m].
 
-    ``top_left`` flattened (Q*M,), ``corner_weights`` (Q, 4, M). One sort of the top-left rows (shifted
-    by W+1 into [0, rows+W]) gives a CSR structure; each corner is one sparse product with it, added at
-    its row shift into a padded gradient.
+    ``top_left`` flattened (Q*M,), ``corner_weights`` four (Q, M). One sort of the top-left rows
+    (shifted by W+1 into [0, rows+W]) gives a CSR structure; each corner is one sparse product with it,
+    added at its row shift into a padded gradient.
     """
-    keys = corner_weights.shape[2]
+    keys = corner_weights[0].shape[1]
     shift = width + 1
     shifted = top_left + shift
     padded_rows = rows + shift  # the values ``shifted`` takes: 0 .. rows + W
@@ -515,8 +690,8 @@ def _transposed_gather(grad_out: torch.Tensor, top_left: torch.Tensor, corner_we
     padded = grad_out.new_zeros(padded_rows + shift, grad_out.shape[1])
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are stable
         warnings.simplefilter("ignore", UserWarning)
-        for corner, offset in enumerate((0, 1, width, width + 1)):
-            transposed = torch.sparse_csr_tensor(row_starts, columns, corner_weights[:, corner].flatten()[order],
+        for weights, offset in zip(corner_weights, (0, 1, width, width + 1)):
+            transposed = torch.sparse_csr_tensor(row_starts, columns, weights.flatten()[order],
                                                  size=(padded_rows, grad_out.shape[0]), check_invariants=False)
             padded[offset : offset + padded_rows] += transposed @ grad_out
     return padded[shift : shift + rows]

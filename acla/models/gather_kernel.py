@@ -1,0 +1,237 @@
+"""An optional C++ kernel for the bilinear gather of ``attention.bilinear_gather`` (CPU, float32/float64).
+
+The pure-torch path needs a dozen elementwise passes over every tap, a sort and a sparse product per
+backward. This kernel walks the taps once: the forward computes each key's four bilinear taps on the fly
+and sums the weighted rows; the backward, in the same walk, scatters the table's gradient and takes the
+dot products that give the gradients of the positions and of the attention weights. Queries of one
+image only read the maps of that image (rows b*H*W + ...), so the backward runs one image per thread without
+atomics. Each reference map is its own (B, H, W, C) tensor: no stacked copy of the values is made.
+
+It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja,
+once per torch version; cached under ``~/.cache/torch_extensions``). Where that fails (no compiler), or
+with ``ACLA_GATHER_KERNEL=0``, ``load()`` returns None and the pure-torch path runs: same numbers, and
+nothing beyond pip is ever needed to install the package.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+
+SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// The four bilinear taps (y0 x0, y0 x1, y1 x0, y1 x1) of the point (x, y) in an H x W map: pixel indices
+// y*W + x, weights (0 outside the map) and the weights' derivatives along x and y.
+template <typename scalar_t>
+struct Taps {
+  int64_t pixel[4];
+  scalar_t weight[4], along_x[4], along_y[4];
+  bool inside[4];
+
+  Taps(scalar_t x, scalar_t y, int64_t height, int64_t width) {
+    const scalar_t x0 = std::floor(x), y0 = std::floor(y);
+    const scalar_t fx = x - x0, fy = y - y0;
+    const int64_t ix = static_cast<int64_t>(x0), iy = static_cast<int64_t>(y0);
+    const bool in_x[2] = {ix >= 0 && ix <= width - 1, ix >= -1 && ix <= width - 2};
+    const bool in_y[2] = {iy >= 0 && iy <= height - 1, iy >= -1 && iy <= height - 2};
+    const scalar_t wx[2] = {(1 - fx) * in_x[0], fx * in_x[1]};
+    const scalar_t wy[2] = {(1 - fy) * in_y[0], fy * in_y[1]};
+    const scalar_t sx[2] = {-static_cast<scalar_t>(in_x[0]), static_cast<scalar_t>(in_x[1])};
+    const scalar_t sy[2] = {-static_cast<scalar_t>(in_y[0]), static_cast<scalar_t>(in_y[1])};
+    for (int a = 0; a < 2; ++a) {
+      for (int b = 0; b < 2; ++b) {
+        const int t = 2 * a + b;
+        inside[t] = in_y[a] && in_x[b];
+        pixel[t] = inside[t] ? (iy + a) * width + ix + b : 0;
+        weight[t] = wy[a] * wx[b];
+        along_x[t] = wy[a] * sx[b];
+        along_y[t] = sy[a] * wx[b];
+      }
+    }
+  }
+};
+
+// maps[r]: reference r as rows (B*H*W, C); positions (B, H, W, R, K, 2); weights (B, H, W, R, K) or null
+// (one bag per key, weight 1). FIXED_CHANNELS > 0: C known at compile time (unrolled loops); 0: ``channels``.
+template <typename scalar_t, int FIXED_CHANNELS>
+void forward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* positions, const scalar_t* weights,
+                    scalar_t* __restrict__ out, int64_t batch, int64_t height, int64_t width, int64_t keys,
+                    int64_t runtime_channels) {
+  const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
+  const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
+  at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t image = (q / pixels) * pixels;  // first row of this image in every map
+      // the query's weighted sum: in a local row (registers) when the channel count is fixed
+      scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
+      scalar_t* sum = weights ? (FIXED_CHANNELS > 0 ? local : out + q * channels) : nullptr;
+      for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
+        const int64_t key = q * per_query + m;
+        const scalar_t attention = weights ? weights[key] : scalar_t(1);
+        if (attention == 0) continue;  // a closed key (ACLA's gates) reads nothing
+        const Taps<scalar_t> taps(positions[2 * key], positions[2 * key + 1], height, width);
+        scalar_t* __restrict__ target = weights ? sum : out + key * channels;
+        for (int t = 0; t < 4; ++t) {
+          if (!taps.inside[t]) continue;
+          const scalar_t coefficient = attention * taps.weight[t];
+          const scalar_t* __restrict__ source = maps[r] + (image + taps.pixel[t]) * channels;
+#pragma omp simd
+          for (int64_t c = 0; c < channels; ++c) target[c] += coefficient * source[c];
+        }
+      }
+      if (FIXED_CHANNELS > 0 && weights) std::copy(local, local + channels, out + q * channels);
+    }
+  });
+}
+
+template <typename scalar_t, int FIXED_CHANNELS>
+void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* positions, const scalar_t* weights,
+                     const scalar_t* __restrict__ grad, const std::vector<scalar_t*>& grad_maps,
+                     scalar_t* grad_positions, scalar_t* grad_weights, int64_t batch, int64_t height, int64_t width,
+                     int64_t keys, int64_t runtime_channels) {
+  const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
+  const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
+  const bool need_maps = !grad_maps.empty();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {  // an image's taps stay in its own rows
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t q = b * pixels; q < (b + 1) * pixels; ++q) {
+        for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
+          const int64_t key = q * per_query + m;
+          const Taps<scalar_t> taps(positions[2 * key], positions[2 * key + 1], height, width);
+          const scalar_t attention = weights ? weights[key] : scalar_t(1);
+          const scalar_t* __restrict__ upstream = grad + (weights ? q : key) * channels;
+          scalar_t d_weight = 0, d_x = 0, d_y = 0;
+          for (int t = 0; t < 4; ++t) {
+            if (!taps.inside[t]) continue;
+            const int64_t row = (b * pixels + taps.pixel[t]) * channels;
+            if (grad_positions || grad_weights) {
+              const scalar_t* __restrict__ source = maps[r] + row;
+              scalar_t dot = 0;  // u_t = <grad, V[row_t]>
+#pragma omp simd reduction(+ : dot)
+              for (int64_t c = 0; c < channels; ++c) dot += upstream[c] * source[c];
+              d_weight += dot * taps.weight[t];
+              d_x += dot * taps.along_x[t];
+              d_y += dot * taps.along_y[t];
+            }
+            if (need_maps && attention != 0) {
+              const scalar_t coefficient = attention * taps.weight[t];
+              scalar_t* __restrict__ target = grad_maps[r] + row;
+#pragma omp simd
+              for (int64_t c = 0; c < channels; ++c) target[c] += coefficient * upstream[c];
+            }
+          }
+          if (grad_weights) grad_weights[key] = d_weight;
+          if (grad_positions) {
+            grad_positions[2 * key] = attention * d_x;
+            grad_positions[2 * key + 1] = attention * d_y;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Calls ``kernel<FIXED_CHANNELS>`` for the common channel counts, the generic loop otherwise.
+#define ACLA_DISPATCH_CHANNELS(channels, kernel, ...)          \
+  switch (channels) {                                           \
+    case 16: kernel<scalar_t, 16>(__VA_ARGS__); break;          \
+    case 32: kernel<scalar_t, 32>(__VA_ARGS__); break;          \
+    case 64: kernel<scalar_t, 64>(__VA_ARGS__); break;          \
+    default: kernel<scalar_t, 0>(__VA_ARGS__);                  \
+  }
+
+template <typename scalar_t>
+std::vector<const scalar_t*> pointers(const std::vector<torch::Tensor>& maps) {
+  std::vector<const scalar_t*> out;
+  for (const auto& map : maps) out.push_back(map.data_ptr<scalar_t>());
+  return out;
+}
+
+}  // namespace
+
+// maps: R tensors (B, H, W, C) contiguous, one per reference; positions (B, H, W, R, K, 2); weights
+// (B, H, W, R, K), or empty for one sample per key. Returns (B, H, W, C) or (B, H, W, R, K, C).
+torch::Tensor gather_forward(std::vector<torch::Tensor> maps, torch::Tensor positions, torch::Tensor weights) {
+  const int64_t batch = positions.size(0), height = positions.size(1), width = positions.size(2);
+  const int64_t refs = positions.size(3), keys = positions.size(4), channels = maps[0].size(-1);
+  const bool bags = weights.numel() > 0;
+  auto out = bags ? torch::zeros({batch, height, width, channels}, maps[0].options())
+                  : torch::zeros({batch, height, width, refs, keys, channels}, maps[0].options());
+  AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_gather_forward", [&] {
+    ACLA_DISPATCH_CHANNELS(channels, forward_kernel, pointers<scalar_t>(maps), positions.data_ptr<scalar_t>(),
+                           bags ? weights.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+                           batch, height, width, keys, channels);
+  });
+  return out;
+}
+
+// Gradients for the maps (a list, empty when not needed), the positions and the weights.
+std::vector<torch::Tensor> gather_backward(std::vector<torch::Tensor> maps, torch::Tensor positions,
+                                           torch::Tensor weights, torch::Tensor grad, bool need_maps,
+                                           bool need_positions, bool need_weights) {
+  const int64_t batch = positions.size(0), height = positions.size(1), width = positions.size(2);
+  const int64_t keys = positions.size(4), channels = maps[0].size(-1);
+  const bool bags = weights.numel() > 0;
+  std::vector<torch::Tensor> grads;
+  if (need_maps) for (const auto& map : maps) grads.push_back(torch::zeros_like(map));
+  auto grad_positions = need_positions ? torch::empty_like(positions) : torch::Tensor();
+  auto grad_weights = need_weights && bags ? torch::empty_like(weights) : torch::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_gather_backward", [&] {
+    std::vector<scalar_t*> grad_pointers;
+    for (auto& tensor : grads) grad_pointers.push_back(tensor.data_ptr<scalar_t>());
+    ACLA_DISPATCH_CHANNELS(channels, backward_kernel, pointers<scalar_t>(maps), positions.data_ptr<scalar_t>(),
+        bags ? weights.data_ptr<scalar_t>() : nullptr, grad.data_ptr<scalar_t>(), grad_pointers,
+        need_positions ? grad_positions.data_ptr<scalar_t>() : nullptr,
+        need_weights && bags ? grad_weights.data_ptr<scalar_t>() : nullptr,
+        batch, height, width, keys, channels);
+  });
+  grads.push_back(grad_positions);
+  grads.push_back(grad_weights);
+  return grads;
+}
+"""
+
+_kernel = None
+_tried = False
+
+
+def _vector_flags() -> list[str]:
+    """AVX2 and FMA where this CPU has them (the build is for this machine; its name says which)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
+
+
+def load():
+    """The compiled kernel module, or None where it cannot be built (then the pure-torch path runs)."""
+    global _kernel, _tried
+    if _tried:
+        return _kernel
+    _tried = True
+    if os.environ.get("ACLA_GATHER_KERNEL", "1") == "0":
+        return None
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        vector = _vector_flags()
+        _kernel = load_inline(
+            name="acla_bilinear_gather" + "".join(flag.replace("-m", "_") for flag in vector),
+            cpp_sources=SOURCE, functions=["gather_forward", "gather_backward"],
+            extra_cflags=["-O3", "-fopenmp", *vector], extra_ldflags=["-fopenmp"], verbose=False,
+        )
+    except Exception as error:  # noqa: BLE001 - any build failure means: use the pure-torch path
+        warnings.warn(f"acla: the C++ gather kernel could not be built ({type(error).__name__}); "
+                      "using the pure-torch path", RuntimeWarning, stacklevel=2)
+        _kernel = None
+    return _kernel
