@@ -112,8 +112,8 @@ class ModelSpec:
 
 # The sources whose change changes what training computes; a checkpoint records their digest so that the
 # pipeline's automatic resume never continues (or reuses) weights that older code trained.
-TRAINING_SOURCES = ("models/attention.py", "models/backbones.py", "train.py", "tasks.py", "degradations.py",
-                    "images.py", "data/patches.py", "metrics.py")
+TRAINING_SOURCES = ("models/attention.py", "models/gather_kernel.py", "models/backbones.py", "train.py", "tasks.py",
+                    "degradations.py", "images.py", "data/patches.py", "metrics.py")
 
 
 def source_digest() -> str:
