@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 SCRIPTS = ("benchmarks.bench_attention", "benchmarks.bench_sampling", "benchmarks.bench_overhead",
-           "benchmarks.bench_training")
+           "benchmarks.bench_training", "benchmarks.bench_open_keys")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Benchmark (b): three formulations of the same sampled-key aggregation, forward + backward.
+"""Benchmark (b): formulations of the same sampled-key aggregation, forward + backward.
 
     out(p) = sum_{r,k} a_{r,k}(p) * Bilinear(V^r, position_{r,k}(p))
 
@@ -6,10 +6,14 @@
   structure of the authors' code, without its bugs);
 * ``batched grid_sample``: one ``grid_sample`` over all references and keys, then a weighted sum
   over the (B, R, C, K, H, W) samples;
-* ``fused gather`` (ours, ``acla.models.attention.aggregate_keys``): bilinear taps as rows of a
-  channels-last table, attention and bilinear weights fused, one ``embedding_bag``.
+* ``fused gather`` (the reference path, ``acla.models.attention.aggregate_keys``): bilinear taps as
+  rows of a channels-last table, attention and bilinear weights fused, one ``embedding_bag``, autograd
+  through every tap op and a sparse-matrix backward for the table;
+* ``fast path, pure torch`` (``acla.models.attention.bilinear_gather`` without the kernel): the taps
+  per corner, one autograd node with a hand-written backward (a quarter of the sort);
+* ``fast path, C++ kernel`` (CPU, where it builds): one walk over the taps, forward and backward.
 
-All three get the same inputs (values in NCHW, positions in pixels, weights), are checked to agree,
+All get the same inputs (values in NCHW, positions in pixels, weights), are checked to agree,
 then timed side by side. Usage: ``python benchmarks/bench_sampling.py [--device cuda] [--sizes 64 96]``.
 """
 
@@ -20,7 +24,8 @@ import seaborn as sns
 import torch
 import torch.nn.functional as F
 
-from acla.models.attention import aggregate_keys, key_grid
+from acla.models import gather_kernel
+from acla.models.attention import aggregate_keys, bilinear_gather, key_grid
 from benchmarks.common import attention_arguments, device_name, measure, save_figure, write_csv
 
 
@@ -54,7 +59,20 @@ def fused_gather(values: torch.Tensor, positions: torch.Tensor, weights: torch.T
     return aggregate_keys(values, positions, weights).permute(0, 3, 1, 2)
 
 
-FORMULATIONS = {"per-key loop": per_key_loop, "batched grid_sample": batched_grid_sample, "fused gather": fused_gather}
+def fast_path(kernel: bool):
+    def gather(values: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        built = gather_kernel.load()
+        gather_kernel._kernel = built if kernel else None
+        try:
+            return bilinear_gather(values, positions, weights).permute(0, 3, 1, 2)
+        finally:
+            gather_kernel._kernel = built
+
+    return gather
+
+
+FORMULATIONS = {"per-key loop": per_key_loop, "batched grid_sample": batched_grid_sample, "fused gather": fused_gather,
+                "fast path, pure torch": fast_path(kernel=False), "fast path, C++ kernel": fast_path(kernel=True)}
 
 
 def inputs(size: int, batch: int, channels: int, refs: int, keys: int, device: torch.device) -> list[torch.Tensor]:
@@ -74,11 +92,13 @@ def run(sizes: list[int], device: torch.device, batch: int, channels: int, refs:
     rows = []
     for size in sizes:
         tensors = inputs(size, batch, channels, refs, keys, device)
-        outputs = {name: function(*tensors) for name, function in FORMULATIONS.items()}
+        formulations = {name: function for name, function in FORMULATIONS.items()
+                        if not name.endswith("kernel") or (device.type == "cpu" and gather_kernel.load() is not None)}
+        outputs = {name: function(*tensors) for name, function in formulations.items()}
         reference = outputs["per-key loop"]
         for name, output in outputs.items():  # the same maths, or the comparison means nothing
             torch.testing.assert_close(output, reference, atol=1e-4, rtol=1e-4, msg=f"{name} disagrees at {size}")
-        for name, function in FORMULATIONS.items():
+        for name, function in formulations.items():
 
             def step(function=function) -> None:
                 for tensor in tensors:

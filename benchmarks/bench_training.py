@@ -1,12 +1,18 @@
-"""Training throughput: iterations per second of EDSR-baseline x2 with and without ACLA.
+"""Training step: backbone time / ACLA time, eager and compiled, for the study's training settings.
 
-Batch 16, HR patch 96 (LR 48x48), L1 + Adam steps as in ``acla.train`` (no data loading: random
-tensors, so the figure is the network's). Usage: ``python -m benchmarks.bench_training [--device cuda]``.
+Adam + L1 steps (as ``acla.train``) on random tensors (no data loading: the figure is the network's),
+batch 16: SR x2 at LR patch 24 and denoising at 48x48, ``tiny`` (8 x 32) and ``edsr-baseline``
+(16 x 64), backbone alone and + ACLA at the four stages. The eager rows of one backbone and task are
+timed in interleaved rounds (a step of each model per round), so drift on a shared machine hits them
+alike; ``compiled`` rows (``torch.compile``, default inductor) also give the compile time (the first
+two steps minus two timed steps). Usage: ``python -m benchmarks.bench_training [--device cuda]
+[--no-compile] [--steps 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import pandas as pd
@@ -14,52 +20,77 @@ import torch
 import torch.nn.functional as F
 
 from acla.models import build_model
-from benchmarks.common import device_name, write_csv
+from benchmarks.common import device_name, gather_implementation, write_csv
 
-CONFIGURATIONS = (("EDSR-baseline", "none", "none"), ("+ ACLA, four stages", "acla", "four-stages"))
+SETTINGS = (("tiny", "sr", 24), ("tiny", "denoise", 48), ("edsr-baseline", "sr", 24), ("edsr-baseline", "denoise", 48))
+MODELS = (("backbone", "none", "none"), ("acla", "acla", "four-stages"))
 
 
-def iterations_per_second(model: torch.nn.Module, device: torch.device, batch: int, patch: int, steps: int) -> float:
+def training_step(backbone: str, task: str, patch: int, attention: str, insert: str, device: torch.device,
+                  compiled: bool, batch: int = 16):
+    """A closure running one Adam step of the model on a fixed random batch."""
+    torch.manual_seed(0)
+    scale = 2 if task == "sr" else 1
+    model = build_model(task, backbone, attention=attention, insert=insert, scale=scale).to(device).train()
+    if compiled:
+        torch._dynamo.reset()  # each model compiled afresh, for static shapes, as in a training run
+    network = torch.compile(model, dynamic=False) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    lr, hr = torch.rand(batch, 3, patch // 2, patch // 2, device=device), torch.rand(batch, 3, patch, patch, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    inputs = torch.rand(batch, 3, patch, patch, device=device)
+    target = torch.rand(batch, 3, patch * scale, patch * scale, device=device)
 
     def step() -> None:
-        with autocast:
-            loss = F.l1_loss(model(lr).float(), hr)
+        loss = F.l1_loss(network(inputs), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return step
+
+
+def seconds(step) -> float:
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps / (time.perf_counter() - start)
+    step()
+    return time.perf_counter() - start
+
+
+def measure_setting(backbone: str, task: str, patch: int, device: torch.device, compiled: bool, steps: int) -> list[dict]:
+    runs = {}
+    for name, attention, insert in MODELS:
+        step = training_step(backbone, task, patch, attention, insert, device, compiled)
+        warmup = seconds(step) + seconds(step)  # compiles here when compiled
+        runs[name] = (step, warmup, [])
+    for _ in range(steps):  # interleaved rounds
+        for step, _, samples in runs.values():
+            samples.append(seconds(step))
+    rows = []
+    for name, (_, warmup, samples) in runs.items():
+        step_s = statistics.median(samples)
+        rows.append({"backbone": backbone, "task": task, "lr_patch": patch, "batch": 16, "model": name,
+                     "mode": "compiled" if compiled else "eager", "step_s": step_s,
+                     "compile_s": max(warmup - 2 * step_s, 0.0) if compiled else 0.0})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model (median reported)")
+    parser.add_argument("--no-compile", action="store_true", help="eager rows only")
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
-    for label, attention, insert in CONFIGURATIONS:
-        torch.manual_seed(0)
-        model = build_model("sr", "edsr-baseline", attention=attention, insert=insert, scale=2).to(device).train()
-        speed = iterations_per_second(model, device, args.batch, args.patch, args.steps)
-        rows.append({"model": label, "iterations_per_s": speed, "batch": args.batch, "hr_patch": args.patch,
-                     "device": device_name(device)})
-        print(rows[-1], flush=True)
+    for compiled in (False,) if args.no_compile else (False, True):
+        for backbone, task, patch in SETTINGS:
+            rows += measure_setting(backbone, task, patch, device, compiled, args.steps)
     frame = pd.DataFrame(rows)
-    frame["relative_to_backbone"] = frame["iterations_per_s"] / frame["iterations_per_s"].iloc[0]
+    backbone_time = frame[frame.model == "backbone"].set_index(["backbone", "task", "mode"])["step_s"]
+    frame["backbone_over_model"] = [backbone_time[(row.backbone, row.task, row.mode)] / row.step_s
+                                    for row in frame.itertuples()]
+    frame["device"], frame["gather"] = device_name(device), gather_implementation(device)
     write_csv(frame, f"training_{device.type}.csv")
 
 

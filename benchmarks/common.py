@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -27,10 +30,39 @@ def attention_arguments(doc: str | None, *, sizes: list[int], channels: int, rep
     return parser
 
 
+def inference_arguments(doc: str | None, *, repeats: int) -> argparse.ArgumentParser:
+    """The options of the inference benchmarks: device, LR input size, timed rounds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--height", type=int, default=180)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds (median reported)")
+    return parser
+
+
+def interleaved_seconds(steps: dict[str, Callable[[], None]], device: torch.device, rounds: int) -> dict[str, float]:
+    """Median seconds of each step over ``rounds`` rounds of one call of every step (after a warm-up round),
+    so that drift on a shared machine hits every step alike."""
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds + 1):
+        for name, step in steps.items():
+            seconds = median_seconds(step, device, repeats=1, warmup=0)
+            if round_index:  # round 0 warms up
+                samples[name].append(seconds)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def gather_implementation(device: torch.device) -> str:
+    """Which gather the fast path runs here: the C++ kernel (CPU, where it builds) or the pure-torch path."""
+    from acla.models import gather_kernel
+
+    return "C++ kernel" if device.type == "cpu" and gather_kernel.load() is not None else "pure torch"
 
 
 def forward_backward(module: torch.nn.Module, inputs: list[torch.Tensor]):
@@ -51,6 +83,9 @@ def measure(step, device: torch.device, repeats: int) -> tuple[float, int]:
 
 
 def write_csv(frame: pd.DataFrame, name: str) -> Path:
+    """Write ``frame`` beside the README, with the run's conditions from ``$ACLA_BENCH_NOTE`` (e.g. "another
+    job was running") in a ``note`` column."""
+    frame = frame.assign(note=os.environ.get("ACLA_BENCH_NOTE", ""))
     path = RESULTS / name
     atomic_write_text(path, frame.to_csv(index=False))
     return path

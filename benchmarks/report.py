@@ -70,36 +70,97 @@ Peak memory (MiB):
 What was tried on the CPU: one batched `grid_sample` over all keys (it materialises a (B, R, C, K, H, W)
 tensor and its backward scatters into it: slower than the loop on this machine); a channels-last gather
 of the four bilinear taps with attention and bilinear weights fused into one `embedding_bag` (no
-sampled-value tensor at all; its stock CPU backward sorts and reduces slowly); and that gather with a
-hand-written backward (the table's gradient as a CSR sparse-matrix product built with one argsort):
-the formulation the package uses.
+sampled-value tensor at all; its stock CPU backward sorts and reduces slowly); that gather with a
+hand-written backward (the table's gradient as a CSR sparse-matrix product built with one argsort): the
+reference path. For the fast path (issue 11), measured on 2 cores with other jobs running, so as ratios:
+the taps per corner as (Q, M) tensors (elementwise ops on (..., 2) or (..., 4) trailing dimensions were
+each ~10x slower than on long rows) and one autograd node with the positions' and weights' gradients
+written out, the CSR sorted on the top-left rows only (a quarter of the sort): the `fast path, pure
+torch` row, ~1.3-1.5x the reference path on an ACLA module's forward + backward; `torch.sparse.sampled_addmm`
+for the per-tap dot products (1.7x faster than `embedding_bag`'s per-sample-weights backward, but it fails
+on the duplicate columns that clamped out-of-map taps make: dropped); `index_add_` / `index_put_`
+scatters instead of the CSR product (40x / 3x slower); a chunked gather + `bmm` for the dot products
+(slower on real, local indices); the gather traced for `torch.compile` (inductor fuses gather and
+scatter; tiny x2 training step ratio 0.33 against 0.23 eager pure torch, 1 thread, contended); and a C++
+kernel (`acla/models/gather_kernel.py`, built on first use, pure-torch fallback): one walk over the
+taps, the backward one image per thread without atomics, channel loops unrolled for 16/32/64 channels,
+weight-0 keys skipped: the `fast path, C++ kernel` row.
 """
 
 
+def _conditions(frame: pd.DataFrame) -> str:
+    """The run's device, gather implementation and note, for a section title and first line."""
+    note = frame["note"].dropna().iloc[0] if "note" in frame and frame["note"].notna().any() else ""
+    gather = f"; gather: {frame['gather'].iloc[0]}" if "gather" in frame else ""
+    return f"{frame['device'].iloc[0]}{gather}" + (f". Conditions: {note}" if note else "")
+
+
 def overhead_section(frame: pd.DataFrame) -> str:
-    device = frame["device"].iloc[0]
-    columns = ["model", "params", "gflops", "latency_s", "peak_mib", "params_overhead_pct", "flops_overhead_pct",
-               "latency_overhead_pct"]
+    columns = ["model", "mode", "params", "gflops", "latency_s", "peak_mib", "params_overhead_pct",
+               "flops_overhead_pct", "latency_overhead_pct"]
+    if "mode" not in frame:
+        frame = frame.assign(mode="eager")
     formats = {"params": "{:,}", "gflops": "{:.1f}", "latency_s": "{:.3f}", "peak_mib": "{:.0f}",
                "params_overhead_pct": "{:+.1f}", "flops_overhead_pct": "{:+.1f}", "latency_overhead_pct": "{:+.1f}"}
-    return f"""## (c) Overhead of ACLA on EDSR-baseline x2 ({device})
+    return f"""## (c) Overhead of ACLA on EDSR-baseline x2 ({_conditions(frame)})
 
 `python benchmarks/bench_overhead.py` — inference at a {frame['input'].iloc[0]} LR input (640x360 output),
-FLOPs = 2 x multiply-adds (`acla.efficiency`), median latency:
+FLOPs = 2 x multiply-adds (`acla.efficiency`), median latency, eager and compiled (overheads against the
+backbone in the same mode):
 
 {_table(frame, columns, formats)}
 """
 
 
 def training_section(frame: pd.DataFrame) -> str:
-    device = frame["device"].iloc[0]
-    columns = ["model", "iterations_per_s", "relative_to_backbone", "batch", "hr_patch"]
-    formats = {"iterations_per_s": "{:.3f}", "relative_to_backbone": "{:.2f}"}
-    return f"""## Training throughput, EDSR-baseline x2 ({device})
+    if "backbone_over_model" not in frame:  # an older CSV (iterations per second)
+        columns = ["model", "iterations_per_s", "relative_to_backbone", "batch", "hr_patch"]
+        return f"""## Training throughput, EDSR-baseline x2 ({frame['device'].iloc[0]})
 
-`python -m benchmarks.bench_training` — Adam steps on random tensors (the network's cost, no data loading):
+{_table(frame, columns, {"iterations_per_s": "{:.3f}", "relative_to_backbone": "{:.2f}"})}
+"""
+    acla = frame[frame.model == "acla"]
+    pivot = acla.pivot_table(index=["backbone", "task", "lr_patch"], columns="mode", values="backbone_over_model")
+    pivot = pivot.reset_index()
+    steps = frame.pivot_table(index=["backbone", "task", "model"], columns="mode", values="step_s").reset_index()
+    compile_s = frame[frame["mode"] == "compiled"][["backbone", "task", "model", "compile_s"]]
+    ratios = {column: "{:.2f}" for column in pivot.columns if column in ("eager", "compiled")}
+    seconds = {column: "{:.3f}" for column in steps.columns if column in ("eager", "compiled")}
+    compile_table = _table(compile_s, list(compile_s.columns), {"compile_s": "{:.0f}"}) if len(compile_s) else "(not run)"
+    return f"""## (d) Training step: backbone time / ACLA time ({_conditions(frame)})
 
-{_table(frame, columns, formats)}
+`python -m benchmarks.bench_training` — Adam + L1 steps on random tensors, batch {frame['batch'].iloc[0]}, + ACLA
+at the four stages; SR x2 at an LR patch of 24, denoising at 48x48. Backbone time / ACLA time (1 = free):
+
+{_table(pivot, list(pivot.columns), ratios)}
+
+Median step (s):
+
+{_table(steps, list(steps.columns), seconds)}
+
+Compile time (s, first two steps minus two steps):
+
+{compile_table}
+"""
+
+
+def open_keys_section(frame: pd.DataFrame) -> str:
+    pivot = frame.pivot(index="open_fraction", columns="path", values="seconds").reset_index()
+    relative = frame.pivot(index="open_fraction", columns="path", values="relative_to_all_open").reset_index()
+    formats = {column: "{:.4f}" for column in pivot.columns if column != "open_fraction"} | {"open_fraction": "{:.2f}"}
+    relative_formats = {column: "{:.2f}" for column in relative.columns if column != "open_fraction"} | {
+        "open_fraction": "{:.2f}"}
+    first = frame.iloc[0]
+    return f"""## (e) ACLA module at inference against the open-key fraction ({_conditions(frame)})
+
+`python -m benchmarks.bench_open_keys` — one module, C = {first['channels']}, R = {first['refs']}, K = {first['keys']},
+{first['size']}, eval mode, exactly that fraction of each query's keys open. Latency (s):
+
+{_table(pivot, list(pivot.columns), formats)}
+
+Relative to all keys open:
+
+{_table(relative, list(relative.columns), relative_formats)}
 """
 
 
@@ -108,7 +169,8 @@ def render() -> str:
                 "`python -m benchmarks` to measure again. Ratios matter, not absolute times: every row of a table "
                 "was measured in one run on one machine.\n"]
     for name, section in (("attention_cost", attention_section), ("sampling", sampling_section),
-                          ("overhead", overhead_section), ("training", training_section)):
+                          ("overhead", overhead_section), ("training", training_section),
+                          ("open_keys", open_keys_section)):
         for path in sorted(RESULTS.glob(f"{name}_*.csv")):
             sections.append(section(pd.read_csv(path)))
     return "\n".join(sections)

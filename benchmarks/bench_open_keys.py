@@ -1,0 +1,81 @@
+"""ACLA module latency at inference against the fraction of open keys (closed keys are not gathered).
+
+One ``acla`` module (C = 64, R = 4 references, K = 9 keys, as at the last of the four stages of
+EDSR-baseline) on a 180x320 feature map, eval mode, no autograd. The gate logits are set so that exactly
+the given fraction of each query's R*K keys is open. Three paths, timed in interleaved rounds: the fast
+path with the C++ kernel (CPU; it skips weight-0 keys), the fast path in pure torch (packed bags of the
+open keys), and the reference path (every key gathered, closed ones weighted 0).
+Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import seaborn as sns
+import torch
+
+from acla.models import build_attention, gather_kernel
+from benchmarks.common import device_name, inference_arguments, interleaved_seconds, save_figure, write_csv
+
+FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def run(device: torch.device, height: int, width: int, channels: int, refs: int, keys: int,
+        repeats: int) -> pd.DataFrame:
+    torch.manual_seed(0)
+    module = build_attention("acla", channels, refs, num_keys=keys).to(device).eval()
+    query, *reference_maps = (torch.randn(1, channels, height, width, device=device) for _ in range(refs + 1))
+    kernel = gather_kernel.load() if device.type == "cpu" else None
+    paths = {"fast, C++ kernel": kernel, "fast, pure torch": None, "reference (dense)": None} if kernel else {
+        "fast, pure torch": None, "reference (dense)": None}
+
+    def call(path: str):
+        def step() -> None:
+            gather_kernel._kernel = paths[path]
+            module.fast = not path.startswith("reference")
+            with torch.inference_mode():
+                module(query, reference_maps)
+
+        return step
+
+    rows = []
+    try:
+        for fraction in FRACTIONS:
+            opened = max(1, round(fraction * refs * keys))
+            with torch.no_grad():  # exactly ``opened`` keys open for every query
+                module.gate.weight.zero_()
+                module.gate.bias.fill_(-10.0)
+                module.gate.bias[torch.randperm(refs * keys)[:opened]] = 10.0
+            seconds = interleaved_seconds({path: call(path) for path in paths}, device, repeats)
+            for path in paths:
+                rows.append({"path": path, "open_fraction": opened / (refs * keys), "open_keys": opened,
+                             "seconds": seconds[path], "size": f"{width}x{height}", "channels": channels,
+                             "refs": refs, "keys": keys, "device": device_name(device)})
+                print(rows[-1], flush=True)
+    finally:
+        gather_kernel._kernel = kernel
+    frame = pd.DataFrame(rows)
+    all_open = frame[frame.open_fraction == 1.0].set_index("path")["seconds"]
+    frame["relative_to_all_open"] = frame["seconds"] / frame["path"].map(all_open)
+    return frame
+
+
+def main() -> None:
+    parser = inference_arguments(__doc__, repeats=3)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--refs", type=int, default=4)
+    parser.add_argument("--keys", type=int, default=9)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    frame = run(device, args.height, args.width, args.channels, args.refs, args.keys, args.repeats)
+    write_csv(frame, f"open_keys_{device.type}.csv")
+    grid = sns.relplot(data=frame, x="open_fraction", y="seconds", hue="path", kind="line", marker="o", height=3.5,
+                       aspect=1.5)
+    grid.set(ylim=(0, None), xlabel="fraction of open keys", ylabel="module latency (s)")
+    grid.figure.suptitle(f"One ACLA module, C={args.channels}, R={args.refs}, K={args.keys}, {args.width}x{args.height};"
+                         f" {frame['device'].iloc[0]}", y=1.03)
+    save_figure(grid.figure, f"open_keys_{device.type}.png")
+
+
+if __name__ == "__main__":
+    main()
