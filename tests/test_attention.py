@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from acla.efficiency import count_flops
 from acla.models import attention, build_attention, build_model, gather_kernel
 from acla.models.attention import SampledCrossLayerAttention, key_grid
 
@@ -295,6 +296,14 @@ def test_the_kernel_op_passes_opcheck() -> None:
     maps = [torch.randn(1, 3, 4, 5, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(2)]
     torch.library.opcheck(attention.kernel_gather, (positions, weights, maps))  # weighted sums
     torch.library.opcheck(attention.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
+
+
+def test_the_fast_path_counts_the_flops_of_the_reference_path(gather: str) -> None:
+    module = build_attention("cla", 8, 2, num_keys=9).train()  # training: every key gathered on both paths
+    query, *refs = (t.float() for t in maps(2, 8, 6, 7, count=3))
+    fast = count_flops(lambda: module(query, refs))
+    module.fast = False
+    assert fast == count_flops(lambda: module(query, refs)) > 0
 
 
 @pytest.mark.parametrize("logits", ["predicted", "dot"])

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from acla.models import gather_kernel
 
@@ -529,6 +530,19 @@ def _kernel_gather_gradients(ctx, grad):
 
 
 kernel_gather.register_autograd(_kernel_gather_gradients, setup_context=_save_kernel_inputs)
+
+
+@register_flop_formula(torch.ops.acla.bilinear_gather)
+def _kernel_gather_flops(positions_shape, weights_shape, maps_shapes, *args, out_shape=None, **kwargs) -> int:
+    """Multiply-adds of every tap (4 per key, closed ones included), as counted for ``embedding_bag``."""
+    return 2 * 4 * math.prod(positions_shape[:-1]) * maps_shapes[0][-1]
+
+
+@register_flop_formula(torch.ops.acla.bilinear_gather_backward)
+def _kernel_gather_backward_flops(positions_shape, weights_shape, maps_shapes, grad_shape, *args, out_shape=None,
+                                  **kwargs) -> int:
+    """A dot product and a scatter per tap: twice the forward."""
+    return 2 * _kernel_gather_flops(positions_shape, weights_shape, maps_shapes)
 
 
 def _gather_forward(table, positions, weights, height, width, *, traced: bool = False) -> torch.Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import warnings
 
-
 SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
