@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from acla.config import ClassicalConfig, ConfigError, load_config
 from acla.data.sets import SETS, DataError, ImageSet, available_sets, open_set, resolve_data_root
 from acla.files import atomic_write_text
+from acla.provenance import run_record
 from acla.tasks import Task
 
 COLUMNS = ["task", "set", "setting", "method", "psnr", "ssim", "n_images"]
@@ -122,11 +125,6 @@ def run(data_root: Path | None, config: ClassicalConfig, out: Path, *, verify: b
         profile: str | None = None) -> pd.DataFrame:
     """Score every classical row into ``out``; with ``profile``, ``classical_provenance.json`` goes beside it
     (device, torch, commit, date, wall time: the study's front page sums the wall times)."""
-    import json
-    import time
-
-    from acla.provenance import run_record
-
     start = time.perf_counter()
     names = list(config.sets) or available_sets(data_root) or [BUNDLED_TEST]
     evaluable = [name for name in names if name not in SETS or SETS[name].tasks != ("train",)]

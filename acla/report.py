@@ -153,9 +153,8 @@ def seed_spread(frame: pd.DataFrame, by: list[str], values: list[str]) -> pd.Dat
             record[f"{value}_mean"] = column.mean()
             record[f"{value}_std"] = column.std(ddof=1) if len(column) > 1 else float("nan")
             record[f"{value}_per_seed"] = " ".join(f"{v:.4f}" for v in column)
-        for extra in ("n_images",):
-            if extra in group:
-                record[extra] = group[extra].iloc[0]
+        if "n_images" in group:
+            record["n_images"] = group["n_images"].iloc[0]
         records.append(record)
     return pd.DataFrame(records)
 
@@ -254,8 +253,8 @@ def headline(task_dir: Path) -> pd.DataFrame:
     for method in [m for m in NETWORKS if m in set(networks.method)]:
         part = networks[networks.method == method][["setting", "set", "psnr_mean", "psnr_std", "n_seeds",
                                                      "psnr_per_seed", "ssim_mean"]]
-        wide = wide.merge(part.rename(columns=lambda c: c if c in ("setting", "set") else f"{method}_{c}"),
-                          on=["setting", "set"], how="right" if method == "backbone" else "left")
+        part = part.rename(columns={c: f"{method}_{c}" for c in part.columns if c not in ("setting", "set")})
+        wide = wide.merge(part, on=["setting", "set"], how="right" if method == "backbone" else "left")
     for method in ("acla", "cla"):
         if f"{method}_psnr_mean" in wide:
             error = np.sqrt(wide[f"{method}_psnr_std"].fillna(0) ** 2 / wide[f"{method}_n_seeds"]
@@ -499,8 +498,8 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
     atomic_write_text(section.with_name("summary.json"), json.dumps(summary, indent=2) + "\n")
     lines = [
         f"## Profile `{study.name}`\n",
-        f"Device {summary['device']}; torch {summary['torch']}; commit {summary['commit']}; {summary['date']}; "
-        f"data root {summary['data_root']}; wall time of its stages {summary['wall_seconds'] / 60:.1f} min.\n",
+        (f"Device {summary['device']}; torch {summary['torch']}; commit {summary['commit']}; {summary['date']}; "
+         f"data root {summary['data_root']}; wall time of its stages {summary['wall_seconds'] / 60:.1f} min.\n"),
         "Paper tables: " + ("; ".join(notes) if notes else "none transcribed (every paper cell n/a)") + ".\n",
         *sections,
         f"Classical rows beside the published values: [`{link(classical_md)}`]({link(classical_md)}).\n"
@@ -528,11 +527,11 @@ def render_front_page(reports: Path) -> Path:
     present = [p for p in PROFILES if (reports / "tables" / p / "section.md").is_file()
                and (reports / "tables" / p / "summary.json").is_file()]
     lines = ["# Reports: the ACLA replication study\n",
-             "Everything here is written by the pipeline (`dvc repro`; another profile: `dvc exp run -S profile=NAME`), "
+             ("Everything here is written by the pipeline (`dvc repro`; another profile: `dvc exp run -S profile=NAME`), "
              "no number typed by hand. Each profile writes only its own folders (`study/<profile>/`, "
              "`tables/<profile>/`, `figures/<profile>/`, `metrics/<profile>/`), so the profiles below stand side "
              "by side. Network rows are mean ± std over seeds (n = seeds); Δ is ± its standard error; literature "
-             "rows cite their paper and table.\n",
+             "rows cite their paper and table.\n"),
              "| profile | device | torch | wall time | date | commit | what it is |", "|---|---|---|---|---|---|---|"]
     for profile in present:
         summary = json.loads((reports / "tables" / profile / "summary.json").read_text())

@@ -89,7 +89,8 @@ def search(task_name: str, config: Config, out_dir: str | Path, *, data_root: Pa
 
     lr_side = training.patch_size // task.scale
     costs = module_costs(model, (lr_side, lr_side))
-    cost = torch.tensor([costs[location] for location in sorted(costs)], dtype=torch.float32)
+    locations = sorted(costs)
+    cost = torch.tensor([costs[location] for location in locations], dtype=torch.float32)
     cost = cost / cost.sum()
     weights = [p for name, p in model.named_parameters() if name != "alpha"]
     weight_optimizer = torch.optim.Adam(weights, lr=training.learning_rate, betas=(0.9, 0.999), eps=1e-8)
@@ -113,19 +114,16 @@ def search(task_name: str, config: Config, out_dir: str | Path, *, data_root: Pa
         degraded, target = next(stream_b)  # alphas on split B, (S9)
         gates = torch.sigmoid(model.alpha)
         arch_loss = F.l1_loss(model(degraded), target) + settings.cost_weight * (gates * cost).sum()
-        # What moves each alpha: the cost term's gradient is known in closed form, lambda_a sigma'(alpha) cost_j,
-        # so the reconstruction's share is the rest of the total (reported per step; sums tell which term won).
-        cost_grad = (settings.cost_weight * gates * (1 - gates) * cost).detach()
-        rec_grad = torch.zeros_like(cost_grad)
+        rec_grad = cost_grad = torch.zeros_like(model.alpha)  # no alpha step during the warm-up
         if iteration >= warmup:
             weight_optimizer.zero_grad(set_to_none=True)
             alpha_optimizer.zero_grad(set_to_none=True)
             arch_loss.backward()
+            # What moved each alpha: the cost term's gradient is known in closed form, lambda_a sigma'(alpha)
+            # cost_j, so the reconstruction's share is the rest of the total (the sums tell which term won).
+            cost_grad = (settings.cost_weight * gates * (1 - gates) * cost).detach()
             rec_grad = model.alpha.grad.detach() - cost_grad
             alpha_optimizer.step()
-        else:
-            cost_grad = torch.zeros_like(cost_grad)  # no alpha step during the warm-up
-        locations = sorted(costs)
         trajectory.append({"iteration": iteration + 1, "loss": loss.item(), "arch_loss": arch_loss.item(),
                            **{f"block_{loc}": float(g) for loc, g in zip(locations, torch.sigmoid(model.alpha.detach()))},
                            **{f"rec_grad_{loc}": float(g) for loc, g in zip(locations, rec_grad)},

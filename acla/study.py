@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, replace
@@ -176,17 +177,17 @@ class TaskStudy:
                 if label not in specs:
                     continue
                 spec = specs[label]
+                columns = {**describe(spec), "params": sum(p.numel() for p in spec.build().parameters()),
+                           "iterations": config.train.iterations, "batch_size": config.train.batch_size,
+                           "val_set": open_set(config.train.validation_set, self.data_root, verify=False,
+                                               crop=config.evaluate.crop).label}
                 for seed in seeds:
                     run_dir = self.run_dir(step, setting, label, seed)
                     seeded = replace(config, train=replace(config.train, seed=seed))
                     start = time.perf_counter()
                     result = train(spec, seeded, run_dir, data_root=self.data_root, resume="auto",
                                    progress=self.progress)
-                    rows.append({"setting": setting, "variant": label, "seed": seed, **describe(spec),
-                                 "params": sum(p.numel() for p in spec.build().parameters()),
-                                 "iterations": config.train.iterations, "batch_size": config.train.batch_size,
-                                 "val_set": open_set(config.train.validation_set, self.data_root, verify=False,
-                                                     crop=config.evaluate.crop).label,
+                    rows.append({"setting": setting, "variant": label, "seed": seed, **columns,
                                  "val_psnr": result.last_psnr, "val_ssim": result.last_ssim,
                                  "seconds": time.perf_counter() - start,
                                  "checkpoint": str(result.checkpoint.relative_to(self.runs))})
@@ -291,11 +292,12 @@ class TaskStudy:
                            crop=config.evaluate.crop, seed=config.train.seed, verify=config.data.verify)
         save_provenance(self, "evaluate", time.perf_counter() - start)
         scores = write_csv(pd.DataFrame(rows), out / "scores.csv")
-        spread = seed_spread(scores.assign(seed=scores.get("seed")), ["setting", "set", "method"], ["psnr", "ssim"])
-        metrics = {setting: {f"{r.set} | {r.method}": {"psnr": r.psnr_mean, "psnr_std": r.psnr_std, "ssim": r.ssim_mean,
-                                                       "n_seeds": r.n_seeds} for r in group.itertuples(index=False)}
+        spread = seed_spread(scores, ["setting", "set", "method"], ["psnr", "ssim"])
+        metrics = {setting: {f"{r.set} | {r.method}": {"psnr": r.psnr_mean, "psnr_std": _json_number(r.psnr_std),
+                                                       "ssim": r.ssim_mean, "n_seeds": r.n_seeds}
+                             for r in group.itertuples(index=False)}
                    for setting, group in spread.groupby("setting")}
-        atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, default=_json_number) + "\n")
+        atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         return scores
 
     @property
@@ -369,15 +371,16 @@ def open_task(task: str, params: str | Path = "params.yaml", *, profile: str | N
                      progress)
 
 
-def _json_number(value: object) -> object:
+def _json_number(value: float) -> float | None:
     """JSON has no NaN: a standard deviation of one seed is written as null."""
-    return None if isinstance(value, float) and value != value else value
+    return None if math.isnan(value) else value
 
 
 def save_provenance(task: TaskStudy, step: str, wall_seconds: float) -> None:
     """``<step>/provenance.json``: what was run (profile, device, torch, commit, date, wall time, data root,
     settings, training, seeds) and never a path of the machine; the report labels its rows with it."""
-    info = {"task": task.name, "step": step, "skipped": not task.settings, **run_record(task.study.profile, task.data_root, wall_seconds, task.device),
+    info = {"task": task.name, "step": step, "skipped": not task.settings,
+            **run_record(task.study.profile, task.data_root, wall_seconds, task.device),
             "settings": list(task.settings), "seeds": list(task.seeds),
             "headline": list(task.config.headline.variants), "train": dataclasses.asdict(task.config.train),
             "model": dataclasses.asdict(task.config.model), "search": dataclasses.asdict(task.config.search)}
