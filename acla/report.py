@@ -430,6 +430,88 @@ def budget_sentence(task_dir: Path) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+# The published methods each task's section names beside its networks (the full rows are in the task tables).
+REFERENCE_METHODS = {"sr": ("bicubic", "SRCNN"), "denoise": ("BM3D", "DnCNN"), "jpeg": ("ARCNN", "DnCNN-3")}
+
+
+def literature_sentence(task_name: str, top: pd.DataFrame) -> str:
+    """Each network's mean beside the task's reference methods on the same full benchmark, as gaps in dB
+    (a partial set is matched by nothing, see ``literature_rows``)."""
+    methods = REFERENCE_METHODS.get(task_name, ())
+    literature = published_results()
+    lines = []
+    for r in top.to_dict(orient="records"):
+        found = {row["method"]: row for row in literature_rows(literature, r["setting"], r["set"])}
+        found = {m: found[m] for m in methods if m in found}
+        if not found:
+            continue
+        ours = ", ".join(f"{m} {_pm(r[f'{m}_psnr_mean'], r[f'{m}_psnr_std'], None)}" for m in NETWORKS
+                         if f"{m}_psnr_mean" in r and not pd.isna(r[f"{m}_psnr_mean"]))
+        theirs = ", ".join(f"{m} {row['ours_psnr']:.2f} (backbone {r['backbone_psnr_mean'] - row['ours_psnr']:+.2f})"
+                           for m, row in found.items())
+        lines.append(f"- {r['setting']} on {r['set']}: ours {ours} dB; published {theirs}.")
+    if not lines:
+        return ""
+    return "Beside the literature (sources per row in the task table):\n\n" + "\n".join(lines) + "\n"
+
+
+def delta_sentence(top: pd.DataFrame) -> str:
+    """One sentence per attention variant: on how many test sets its difference to the backbone exceeds the
+    noise (|Δ| > 2 SE), with the sign, whatever it is."""
+    sentences = []
+    for m in ("acla", "cla"):
+        if f"delta_{m}" not in top or top[f"delta_{m}"].isna().all():
+            continue
+        rows = top.dropna(subset=[f"delta_{m}"])
+        exceeding = rows[rows[f"delta_{m}_verdict"] == "exceeds noise"]
+        detail = ", ".join(f"{r['set']} {r[f'delta_{m}']:+.3f} ± {r[f'delta_{m}_se']:.3f}"
+                           for r in exceeding.to_dict(orient="records"))
+        sentences.append(f"{m.upper()} − backbone exceeds the seed noise (|Δ| > 2 SE) on {len(exceeding)} of "
+                         f"{len(rows)} test sets" + (f" ({detail})" if detail else "") + "; mean Δ over the sets "
+                         f"{rows[f'delta_{m}'].mean():+.3f} dB.")
+    return " ".join(sentences) + "\n" if sentences else ""
+
+
+def search_sentence(task_dir: Path) -> str:
+    """What decided the search, per setting: the kept blocks, and the gradient each term of (S9) summed on
+    each alpha over the search (``alpha.csv``), with the blocks that each term alone would have kept (the
+    same number, ranked by the summed gradient: the smallest push towards closing first)."""
+    lines = []
+    for arch_path in sorted((task_dir / "search").glob("*/arch.json")):
+        alpha_csv = arch_path.with_name("alpha.csv")
+        if not alpha_csv.is_file():
+            continue
+        arch, frame = json.loads(arch_path.read_text()), pd.read_csv(alpha_csv)
+        blocks = [c.removeprefix("rec_grad_") for c in frame if c.startswith("rec_grad_")]
+        if not blocks:
+            continue
+        kept = arch["insert"] if isinstance(arch["insert"], list) else []
+        rec = {b: float(frame[f"rec_grad_{b}"].sum()) for b in blocks}
+        cost = {b: float(frame[f"cost_grad_{b}"].sum()) for b in blocks}
+
+        def alone(sums: dict[str, float]) -> str:
+            ranked = sorted(sums, key=lambda b: (float(f"{sums[b]:.4g}"), int(b)))  # equal costs: lower block first
+            return " ".join(sorted(ranked[: len(kept)], key=int)) if kept else "none"
+
+        final = frame.iloc[-1][[f"block_{b}" for b in blocks]]
+        total_rec, total_cost = sum(map(abs, rec.values())), sum(map(abs, cost.values()))
+        lines.append(
+            f"- {arch_path.parent.name}: kept blocks {' '.join(map(str, kept)) or 'none'} ({arch['rule']}); final "
+            f"sigmoid(alpha) {final.min():.3f}–{final.max():.3f} after {int(frame.iteration.iloc[-1])} iterations. "
+            f"Summed over the search, the reconstruction's gradient on alpha was {min(rec.values()):+.2e} to "
+            f"{max(rec.values()):+.2e} per block and the cost term's {min(cost.values()):+.2e} to "
+            f"{max(cost.values()):+.2e} (|reconstruction| / |cost| = {total_rec / total_cost:.2f} over the blocks). "
+            f"Cost alone would keep {alone(cost)} (equal costs: lower block first); reconstruction alone "
+            f"{alone(rec)}.")
+    if not lines:
+        return ""
+    return "What decided the insertion search (S9):\n\n" + "\n".join(lines) + "\n"
+
+
+# The figures shown on the front page itself (the rest are links): what was learned, not how it was run.
+SHOWN_FIGURES = ("training curves", "alpha trajectories", "open keys per query", "sampled keys")
+
+
 def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_tables: Path | None,
                  classical_md: Path | None = None) -> dict:
     """One profile's task tables (CSV + Markdown), figures and front-page section.
@@ -473,7 +555,10 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
         weak = not_above_classical(top) if len(top) else []
         parts.append("Every network row is above its classical row by more than its seed spread.\n" if not weak else
                      "Not above the classical row by more than the seed spread: " + "; ".join(weak) + ".\n")
+        parts.append(delta_sentence(top) if len(top) else "")
+        parts.append(literature_sentence(name, top) if len(top) else "")
         parts.append(budget_sentence(task_dir))
+        parts.append(search_sentence(task_dir))
         links = f"All rows, with the literature and the paper column: [`{link(tables / f'{name}.md')}`]({link(tables / f'{name}.md')})"
         if (task_dir / "ablation" / "ablation.csv").is_file():
             ablation = ablation_table(task_dir)
@@ -505,6 +590,8 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
         f"Classical rows beside the published values: [`{link(classical_md)}`]({link(classical_md)}).\n"
         if classical_md and classical_md.is_file() else "",
         "Figures: " + "; ".join(f"[{title}]({link(path)})" for title, path in drawn.items() if path is not None) + ".\n",
+        *(f"![{title}]({link(path)})\n" for title, path in drawn.items()
+          if path is not None and title.startswith(SHOWN_FIGURES)),
     ]
     atomic_write_text(section, "\n".join(lines) + "\n")
     return {"tasks": [d.name for d in tasks], "figures": {k: str(v) for k, v in drawn.items() if v},

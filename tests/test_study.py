@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from acla.config import AblationConfig, TaskConfig, load_study
-from acla.report import headline, read_paper_tables, render_front_page, render_study, seed_spread, task_table
+from acla.report import (delta_sentence, headline, literature_sentence, published_results, read_paper_tables,
+                         render_front_page, render_study, search_sentence, seed_spread, task_table)
 from acla.study import open_task, variant_specs
 from acla.train import ModelSpec, load_checkpoint, train
 
@@ -182,6 +183,24 @@ def test_the_headline_shows_seeds_spread_and_whether_a_difference_exceeds_the_no
     assert headline(task).iloc[0].delta_acla_verdict == "within noise"
 
 
+def test_the_section_says_whether_each_difference_exceeds_the_noise_and_sets_the_literature_beside_it() -> None:
+    top = pd.DataFrame([{"setting": "sr_x2", "set": "Set5", "backbone_psnr_mean": 36.0, "backbone_psnr_std": 0.1,
+                         "acla_psnr_mean": 36.5, "acla_psnr_std": 0.1, "delta_acla": 0.5, "delta_acla_se": 0.08,
+                         "delta_acla_verdict": "exceeds noise"},
+                        {"setting": "sr_x2", "set": "Urban100 (partial 19/100)", "backbone_psnr_mean": 30.0,
+                         "backbone_psnr_std": 0.1, "acla_psnr_mean": 29.9, "acla_psnr_std": 0.1, "delta_acla": -0.1,
+                         "delta_acla_se": 0.08, "delta_acla_verdict": "within noise"}])
+    assert delta_sentence(top) == ("ACLA − backbone exceeds the seed noise (|Δ| > 2 SE) on 1 of 2 test sets "
+                                   "(Set5 +0.500 ± 0.080); mean Δ over the sets +0.200 dB.\n")
+    literature = published_results()
+    srcnn = literature[(literature.task == "sr") & (literature.setting == "x2") & (literature.set == "Set5")
+                       & (literature.method == "SRCNN")].psnr.iloc[0]
+    text = literature_sentence("sr", top)
+    assert f"SRCNN {srcnn:.2f} (backbone {36.0 - srcnn:+.2f})" in text
+    assert "Urban100" not in text  # a partial set is never set beside a full-set number
+    assert literature_sentence("demosaic", top) == ""
+
+
 def test_a_profile_may_skip_a_task_and_its_stages_write_only_provenance(tmp_path: Path) -> None:
     text = (ROOT / "params.yaml").read_text().replace("      ci: {settings: [jpeg_q20]}", "      ci: {settings: []}")
     params = tmp_path / "params.yaml"
@@ -200,3 +219,17 @@ def test_the_smoke_profile_is_the_reduced_study_the_issue_names() -> None:
         "sr": ("sr_x2",), "denoise": ("denoise_color_s30",), "demosaic": ("demosaic",), "jpeg": ("jpeg_q20",)}
     for task in study.tasks.values():
         assert task.train.train_sets == ("bundled-train",) and task.evaluate.test_sets == ("bundled-test",)
+
+
+def test_the_search_sentence_says_which_term_of_s9_decided_the_kept_blocks(tmp_path: Path) -> None:
+    setting = tmp_path / "sr" / "search" / "sr_x2"
+    setting.mkdir(parents=True)
+    (setting / "arch.json").write_text(json.dumps({"insert": [1, 3], "rule": "top 2"}))
+    pd.DataFrame({"iteration": [1, 2], "block_1": [0.5, 0.6], "block_2": [0.5, 0.4], "block_3": [0.5, 0.55],
+                  "rec_grad_1": [0.0, -0.2], "rec_grad_2": [0.0, 0.1], "rec_grad_3": [0.0, -0.1],
+                  "cost_grad_1": [0.0, 0.01], "cost_grad_2": [0.0, 0.02], "cost_grad_3": [0.0, 0.02]}
+                 ).to_csv(setting / "alpha.csv", index=False)
+    text = search_sentence(tmp_path / "sr")
+    assert "kept blocks 1 3 (top 2)" in text and "sigmoid(alpha) 0.400–0.600 after 2 iterations" in text
+    assert "|reconstruction| / |cost| = 8.00" in text
+    assert "Cost alone would keep 1 2 (equal costs: lower block first); reconstruction alone 1 3." in text
