@@ -48,6 +48,29 @@ def alpha_trajectories(study: Path, path: Path) -> Path | None:
     return _save(grid.figure, path)
 
 
+def search_gradients(study: Path, path: Path) -> Path | None:
+    """What moved each alpha: the running sum of the reconstruction's and the cost term's gradient on it
+    (``rec_grad_*`` / ``cost_grad_*`` of ``alpha.csv``), one row of panels per setting; negative opens."""
+    frames = []
+    for csv in _settings(study, "search", "alpha.csv"):
+        frame = pd.read_csv(csv)
+        for term, prefix in (("reconstruction", "rec_grad_"), ("cost", "cost_grad_")):
+            columns = [c for c in frame if c.startswith(prefix)]
+            if not columns:
+                continue
+            running = frame[columns].cumsum().assign(iteration=frame.iteration)
+            long = running.melt(id_vars="iteration", var_name="block", value_name="summed gradient")
+            frames.append(long.assign(setting=csv.parent.name, term=term, block=long.block.str.removeprefix(prefix)))
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    grid = sns.relplot(data=data, x="iteration", y="summed gradient", hue="block", row="setting", col="term",
+                       kind="line", height=2.6, aspect=1.4, facet_kws={"sharey": False, "sharex": False})
+    grid.set_titles("{row_name}: {col_name}")
+    grid.figure.suptitle("Insertion search: running sum of each term's gradient on alpha (S9); below 0 opens", y=1.02)
+    return _save(grid.figure, path)
+
+
 def insertion_map(study: Path, path: Path) -> Path | None:
     """Final sigmoid(alpha) per setting and block; the kept blocks are outlined."""
     rows, kept = [], []

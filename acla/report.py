@@ -509,7 +509,8 @@ def search_sentence(task_dir: Path) -> str:
 
 
 # The figures shown on the front page itself (the rest are links): what was learned, not how it was run.
-SHOWN_FIGURES = ("training curves", "alpha trajectories", "open keys per query", "sampled keys")
+SHOWN_FIGURES = ("training curves", "alpha trajectories", "what moved each alpha", "open keys per query",
+                 "sampled keys")
 
 
 def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_tables: Path | None,
@@ -532,6 +533,7 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
     sections = []
     drawn = {
         "alpha trajectories": draw.alpha_trajectories(study, figures / "alpha_trajectories.png"),
+        "what moved each alpha": draw.search_gradients(study, figures / "search_gradients.png"),
         "insertion map": draw.insertion_map(study, figures / "insertion_map.png"),
         "open keys per query": draw.open_key_distribution(study, figures / "open_keys.png"),
         "training curves": draw.training_curves(study, figures / "training_curves.png"),

@@ -146,8 +146,9 @@ def test_the_paper_column_reads_tables_added_later_without_code_changes(ci_study
     assert "| 40.00 |" in (out / "tables" / "ci" / "sr.md").read_text()
     front = render_front_page(out).read_text()
     assert "table02_wide.csv: not read" in front and "Δ acla − backbone" in front and "## Profile `ci`" in front
-    for name in ("alpha_trajectories", "insertion_map", "open_keys", "training_curves", "accuracy_vs_cost",
-                 "sampled_keys_sr_x2", "crops_sr_x2"):
+    assert "![training curves](figures/ci/training_curves.png)" in front  # shown, not only linked
+    for name in ("alpha_trajectories", "search_gradients", "insertion_map", "open_keys", "training_curves",
+                 "accuracy_vs_cost", "sampled_keys_sr_x2", "crops_sr_x2"):
         assert (out / "figures" / "ci" / f"{name}.png").is_file(), name
 
 

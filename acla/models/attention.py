@@ -19,7 +19,10 @@ Sampling is vectorised over references and keys, never a Python loop over keys. 
 same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and gradients equal in float64):
 
 * the fast path (default): the 1x1 projections as matrix products on channels-last rows (the query's
-  heads in one), and ``bilinear_gather``: on CPU the C++ kernel of ``gather_kernel`` (one walk over the
+  heads in one); the keys sample the references F^r themselves and W_v is applied once to their weighted
+  sum (linear maps commute with bilinear sampling; the bias enters through the in-map part of each key's
+  tap weights, so zero padding still reads zero values): one value projection per query instead of R;
+  and ``bilinear_gather``: on CPU the C++ kernel of ``gather_kernel`` (one walk over the
   taps, forward and backward; registered as the custom op ``acla::bilinear_gather`` so that
   ``torch.compile`` keeps it), or, where no compiler builds it, pure torch (taps per corner, one autograd
   node with a hand-written backward). At inference with deterministic gates, closed keys are never
@@ -232,13 +235,12 @@ class SampledCrossLayerAttention(AttentionBase):
         """(S6)-(S7) gates (B, H, W, R*K) from the gate logits ``scores`` s (B, H, W, R*K)."""
         self.key_budget = torch.sigmoid(scores.float()).mean()  # (S8) expected fraction of open keys
         if self.training:
-            uniform = torch.rand_like(scores).clamp_(1e-6, 1 - 1e-6)
-            relaxed = torch.sigmoid((scores + torch.log(uniform) - torch.log1p(-uniform)) / self.temperature)
+            noise = torch.logit(torch.rand_like(scores), eps=1e-6)  # logistic noise log u - log(1 - u)
+            relaxed = torch.sigmoid((scores + noise) / self.temperature)
             hard = relaxed > 0.5
         else:
             relaxed, hard = None, scores > 0  # deterministic at inference
-        strongest = F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).bool()
-        hard = hard | strongest  # (S7) the best-scored key is always open
+        hard = hard.scatter(-1, scores.argmax(dim=-1, keepdim=True), True)  # (S7) the best-scored key is always open
         if relaxed is None:
             return hard.to(scores.dtype)
         return hard.to(scores.dtype) + (relaxed - relaxed.detach())  # straight-through, exactly 0/1 forward
@@ -315,7 +317,7 @@ class SampledCrossLayerAttention(AttentionBase):
         if self.adaptive:
             # (S7) closed keys leave the softmax: a = g exp(e - max_open) / sum g exp(e - max_open).
             # Multiplying by g (not masking with -inf) lets the straight-through gradient reach the gate.
-            open_max = logits.masked_fill(gates.detach() == 0, float("-inf")).amax(dim=-1, keepdim=True).detach()
+            open_max = logits.detach().masked_fill(gates.detach() == 0, float("-inf")).amax(dim=-1, keepdim=True)
             unnormalised = gates * torch.exp((logits - open_max).clamp(max=0))
             weights = unnormalised / unnormalised.sum(dim=-1, keepdim=True)
             counts = gates.detach().sum(dim=-1)
