@@ -472,6 +472,13 @@ def delta_sentence(top: pd.DataFrame) -> str:
     return " ".join(sentences) + "\n" if sentences else ""
 
 
+def _kept_by(sums: dict[str, float], count: int) -> str:
+    """The ``count`` blocks a term alone would keep: the least pushed towards closing (equal sums to 4
+    significant digits: lower block first)."""
+    ranked = sorted(sums, key=lambda block: (float(f"{sums[block]:.4g}"), int(block)))
+    return " ".join(sorted(ranked[:count], key=int)) if count else "none"
+
+
 def search_sentence(task_dir: Path) -> str:
     """What decided the search, per setting: the kept blocks, and the gradient each term of (S9) summed on
     each alpha over the search (``alpha.csv``), with the blocks that each term alone would have kept (the
@@ -489,10 +496,6 @@ def search_sentence(task_dir: Path) -> str:
         rec = {b: float(frame[f"rec_grad_{b}"].sum()) for b in blocks}
         cost = {b: float(frame[f"cost_grad_{b}"].sum()) for b in blocks}
 
-        def alone(sums: dict[str, float]) -> str:
-            ranked = sorted(sums, key=lambda b: (float(f"{sums[b]:.4g}"), int(b)))  # equal costs: lower block first
-            return " ".join(sorted(ranked[: len(kept)], key=int)) if kept else "none"
-
         final = frame.iloc[-1][[f"block_{b}" for b in blocks]]
         total_rec, total_cost = sum(map(abs, rec.values())), sum(map(abs, cost.values()))
         lines.append(
@@ -501,8 +504,8 @@ def search_sentence(task_dir: Path) -> str:
             f"Summed over the search, the reconstruction's gradient on alpha was {min(rec.values()):+.2e} to "
             f"{max(rec.values()):+.2e} per block and the cost term's {min(cost.values()):+.2e} to "
             f"{max(cost.values()):+.2e} (|reconstruction| / |cost| = {total_rec / total_cost:.2f} over the blocks). "
-            f"Cost alone would keep {alone(cost)} (equal costs: lower block first); reconstruction alone "
-            f"{alone(rec)}.")
+            f"Cost alone would keep {_kept_by(cost, len(kept))} (equal costs: lower block first); reconstruction alone "
+            f"{_kept_by(rec, len(kept))}.")
     if not lines:
         return ""
     return "What decided the insertion search (S9):\n\n" + "\n".join(lines) + "\n"

@@ -9,8 +9,18 @@ import pandas as pd
 import pytest
 
 from acla.config import AblationConfig, TaskConfig, load_study
-from acla.report import (delta_sentence, headline, literature_sentence, published_results, read_paper_tables,
-                         render_front_page, render_study, search_sentence, seed_spread, task_table)
+from acla.report import (
+    delta_sentence,
+    headline,
+    literature_sentence,
+    published_results,
+    read_paper_tables,
+    render_front_page,
+    render_study,
+    search_sentence,
+    seed_spread,
+    task_table,
+)
 from acla.study import open_task, variant_specs
 from acla.train import ModelSpec, load_checkpoint, train
 
