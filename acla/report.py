@@ -481,8 +481,8 @@ def _kept_by(sums: dict[str, float], count: int) -> str:
 
 def search_sentence(task_dir: Path) -> str:
     """What decided the search, per setting: the kept blocks, and the gradient each term of (S9) summed on
-    each alpha over the search (``alpha.csv``), with the blocks that each term alone would have kept (the
-    same number, ranked by the summed gradient: the smallest push towards closing first)."""
+    each alpha over the search (``alpha.csv``), and the blocks each term alone would have kept (the same
+    number): cost alone, the cheapest modules; the reconstruction alone, the smallest summed push to close."""
     lines = []
     for arch_path in sorted((task_dir / "search").glob("*/arch.json")):
         alpha_csv = arch_path.with_name("alpha.csv")
@@ -495,6 +495,8 @@ def search_sentence(task_dir: Path) -> str:
         kept = arch["insert"] if isinstance(arch["insert"], list) else []
         rec = {b: float(frame[f"rec_grad_{b}"].sum()) for b in blocks}
         cost = {b: float(frame[f"cost_grad_{b}"].sum()) for b in blocks}
+        # cost alone lowers every alpha at a rate proportional to its module's FLOPs: the cheapest stay open
+        flops = {b: float(arch.get("module_flops", {}).get(b, cost[b])) for b in blocks}
 
         final = frame.iloc[-1][[f"block_{b}" for b in blocks]]
         total_rec, total_cost = sum(map(abs, rec.values())), sum(map(abs, cost.values()))
@@ -504,7 +506,8 @@ def search_sentence(task_dir: Path) -> str:
             f"Summed over the search, the reconstruction's gradient on alpha was {min(rec.values()):+.2e} to "
             f"{max(rec.values()):+.2e} per block and the cost term's {min(cost.values()):+.2e} to "
             f"{max(cost.values()):+.2e} (|reconstruction| / |cost| = {total_rec / total_cost:.2f} over the blocks). "
-            f"Cost alone would keep {_kept_by(cost, len(kept))} (equal costs: lower block first); reconstruction alone "
+            f"Cost alone would keep {_kept_by(flops, len(kept))} (the cheapest modules; equal FLOPs: lower block "
+            f"first); reconstruction alone "
             f"{_kept_by(rec, len(kept))}.")
     if not lines:
         return ""

@@ -235,7 +235,8 @@ def test_the_smoke_profile_is_the_reduced_study_the_issue_names() -> None:
 def test_the_search_sentence_says_which_term_of_s9_decided_the_kept_blocks(tmp_path: Path) -> None:
     setting = tmp_path / "sr" / "search" / "sr_x2"
     setting.mkdir(parents=True)
-    (setting / "arch.json").write_text(json.dumps({"insert": [1, 3], "rule": "top 2"}))
+    (setting / "arch.json").write_text(json.dumps({"insert": [1, 3], "rule": "top 2",
+                                                   "module_flops": {"1": 100, "2": 200, "3": 200}}))
     pd.DataFrame({"iteration": [1, 2], "block_1": [0.5, 0.6], "block_2": [0.5, 0.4], "block_3": [0.5, 0.55],
                   "rec_grad_1": [0.0, -0.2], "rec_grad_2": [0.0, 0.1], "rec_grad_3": [0.0, -0.1],
                   "cost_grad_1": [0.0, 0.01], "cost_grad_2": [0.0, 0.02], "cost_grad_3": [0.0, 0.02]}
@@ -243,4 +244,5 @@ def test_the_search_sentence_says_which_term_of_s9_decided_the_kept_blocks(tmp_p
     text = search_sentence(tmp_path / "sr")
     assert "kept blocks 1 3 (top 2)" in text and "sigmoid(alpha) 0.400–0.600 after 2 iterations" in text
     assert "|reconstruction| / |cost| = 8.00" in text
-    assert "Cost alone would keep 1 2 (equal costs: lower block first); reconstruction alone 1 3." in text
+    assert ("Cost alone would keep 1 2 (the cheapest modules; equal FLOPs: lower block first); "
+            "reconstruction alone 1 3.") in text
