@@ -298,14 +298,12 @@ def test_the_kernel_op_passes_opcheck() -> None:
     torch.library.opcheck(attention.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
 
 
-def test_the_fast_path_counts_the_reference_flops_less_the_value_projections_it_factors_out(gather: str) -> None:
+def test_the_fast_path_counts_the_flops_of_the_reference_path(gather: str) -> None:
     module = build_attention("cla", 8, 2, num_keys=9).train()  # training: every key gathered on both paths
     query, *refs = (t.float() for t in maps(2, 8, 6, 7, count=3))
     fast = count_flops(lambda: module(query, refs))
     module.fast = False
-    reference = count_flops(lambda: module(query, refs))
-    # W_v once on the weighted sum instead of once per reference: (R - 1) products of 2 C Cv flops per position
-    assert fast == reference - (2 - 1) * 2 * 8 * 8 * (2 * 6 * 7) > 0
+    assert fast == count_flops(lambda: module(query, refs)) > 0
 
 
 @pytest.mark.parametrize("logits", ["predicted", "dot"])

@@ -19,10 +19,7 @@ Sampling is vectorised over references and keys, never a Python loop over keys. 
 same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and gradients equal in float64):
 
 * the fast path (default): the 1x1 projections as matrix products on channels-last rows (the query's
-  heads in one); the keys sample the references F^r themselves and W_v is applied once to their weighted
-  sum (linear maps commute with bilinear sampling; the bias enters through the in-map part of each key's
-  tap weights, so zero padding still reads zero values): one value projection per query instead of R;
-  and ``bilinear_gather``: on CPU the C++ kernel of ``gather_kernel`` (one walk over the
+  heads in one), and ``bilinear_gather``: on CPU the C++ kernel of ``gather_kernel`` (one walk over the
   taps, forward and backward; registered as the custom op ``acla::bilinear_gather`` so that
   ``torch.compile`` keeps it), or, where no compiler builds it, pure torch (taps per corner, one autograd
   node with a hand-written backward). At inference with deterministic gates, closed keys are never
@@ -252,12 +249,11 @@ class SampledCrossLayerAttention(AttentionBase):
     def projections(self, query: torch.Tensor, refs: list[torch.Tensor]):
         """The 1x1 projections, as channels-last rows: (S1) offsets (B, H, W, 2*R*K), (S3) the logits
         (``predicted``) or W_q F^l (``dot``) (B, H, W, R*K or d), (S6) the gate logits (B, H, W, R*K) or
-        None, and what is sampled for (S2): fast path, the R references' own rows F^r (B, H, W, C) (W_v is
-        applied once, after the weighted sum: see ``forward``); reference path, the values V^r = W_v F^r as
-        maps (B*R, Cv, H, W) with channels-last memory.
+        None, and (S2) the values V^r: fast path, a list of R rows (B, H, W, Cv); reference path, maps
+        (B*R, Cv, H, W) with channels-last memory.
 
-        Fast path: the query's heads are one matrix product on its rows; the reference path runs the 1x1
-        convolutions.
+        Fast path: the query's heads are one matrix product on its rows, and each reference's values one
+        more; the reference path runs the 1x1 convolutions.
         """
         heads = [self.offset, self.attention if self.logit_form == "predicted" else self.query]
         heads += [self.gate] if self.adaptive else []
@@ -266,7 +262,7 @@ class SampledCrossLayerAttention(AttentionBase):
             weight = torch.cat([head.weight.flatten(1) for head in heads])
             projected = F.linear(rows, weight, torch.cat([head.bias for head in heads]))
             outputs = projected.split([head.out_channels for head in heads], dim=-1)
-            values = [ref.permute(0, 2, 3, 1).contiguous() for ref in refs]  # F^r rows; W_v after the sum, once
+            values = [rows_linear(self.value, ref.permute(0, 2, 3, 1)) for ref in refs]
         else:
             query = query.contiguous(memory_format=torch.channels_last)  # the convs then emit (B, H, W, c) memory
             outputs = [head(query).permute(0, 2, 3, 1) for head in heads]
@@ -275,12 +271,8 @@ class SampledCrossLayerAttention(AttentionBase):
         return outputs[0], outputs[1], outputs[2] if self.adaptive else None, values
 
     def keys(self, values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """(S3) W_k on the values, in their layout (``projections``). The fast path holds F^r, not V^r, and
-        applies W_k W_v (bias W_k b_v + b_k) as one matrix: one product per reference instead of two."""
-        if not isinstance(values, list):
-            return self.key(values)
-        key, value = self.key.weight.flatten(1), self.value.weight.flatten(1)
-        return [F.linear(rows, key @ value, key @ self.value.bias + self.key.bias) for rows in values]
+        """(S3) W_k on the values, in their layout (``projections``)."""
+        return [rows_linear(self.key, rows) for rows in values] if isinstance(values, list) else self.key(values)
 
     def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         self._check_refs(query, refs, self.num_refs)
@@ -328,27 +320,13 @@ class SampledCrossLayerAttention(AttentionBase):
         self.open_keys = counts.float().mean()
 
         weights = weights.view(batch, height, width, self.num_refs, self.num_keys)
-        aggregated = aggregate(values, weights)  # (S5) (B, H, W, Cv); fast path: (B, H, W, C) of the F^r
-        if self.fast:
-            # (S2)+(S5) W_v is linear and bilinear sampling is linear, so sum a Bilinear(W_v F^r + b_v) is
-            # W_v (sum a Bilinear(F^r)) + b_v (sum a inside): one projection instead of R. ``inside`` is the
-            # part of each key's bilinear weight that falls on the map (zero padding reads 0, not b_v).
-            inside = (weights * inside_fraction(positions, height, width)).sum(dim=(-2, -1), keepdim=True)
-            aggregated = F.linear(aggregated, self.value.weight.flatten(1))
-            aggregated = aggregated + (inside.squeeze(-1) * self.value.bias).to(aggregated.dtype)
-            return rows_linear(self.output, aggregated).permute(0, 3, 1, 2)  # (S5) W_z; channels-last memory
+        aggregated = aggregate(values, weights)  # (S5) (B, H, W, Cv)
+        if self.fast:  # (S5) W_z on the rows; the result keeps channels-last memory
+            return rows_linear(self.output, aggregated).permute(0, 3, 1, 2)
         output_format = torch.channels_last if query.is_contiguous(memory_format=torch.channels_last) else (
             torch.contiguous_format
         )
         return self.output(aggregated.permute(0, 3, 1, 2)).contiguous(memory_format=output_format)  # (S5) W_z
-
-
-def inside_fraction(positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, H, W, R, K) the sum of each key's bilinear tap weights that fall inside the map: 1 inside, falling
-    linearly to 0 over the one pixel beyond the border (per axis, min(x + 1, W - x) clipped to [0, 1]);
-    differentiable in the positions like the taps' own weights."""
-    x, y = positions[..., 0], positions[..., 1]
-    return torch.minimum(x + 1, width - x).clamp(0, 1) * torch.minimum(y + 1, height - y).clamp(0, 1)
 
 
 def rows_linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
@@ -536,7 +514,7 @@ def kernel_gather_backward(positions: torch.Tensor, weights: torch.Tensor, maps:
 
 @kernel_gather_backward.register_fake
 def _(positions, weights, maps, grad):
-    # the kernel writes contiguous gradients, whatever the strides of its inputs (the maps may be permuted views)
+    # the kernel writes contiguous gradients, whatever the strides of its inputs
     return [rows.new_empty(rows.shape) for rows in (*maps, positions, weights)]
 
 
