@@ -222,14 +222,23 @@ def task_table(task_dir: Path, paper: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def literature_key(setting: str) -> tuple[str, str]:
+    """``published_results.csv``'s (task, setting) for one of ours: ``sr_x2`` -> (sr, x2), ``denoise_gray_s25``
+    -> (denoise, gray_s25), ``jpeg_q20`` on gray images -> (jpeg, gray_q20), ``demosaic`` -> (demosaic, demosaic)."""
+    from acla.tasks import parse_task
+
+    task = parse_task(setting)
+    rest = setting.split("_", 1)[1] if "_" in setting else setting
+    if task.kind == "jpeg":
+        rest = f"{'gray' if task.color == 'gray' else 'color'}_{rest}"
+    return task.kind, rest
+
+
 def literature_rows(literature: pd.DataFrame, setting: str, set_label: str) -> list[dict]:
     """Published rows of other methods for ``setting`` on the set labelled ``set_label``, marked as literature.
     A partial or cropped set (``Urban100 (partial 19/100)``) matches nothing: a full-set number is never
     put beside it."""
-    from acla.classical import task_columns
-    from acla.tasks import parse_task
-
-    kind, short = task_columns(parse_task(setting))
+    kind, short = literature_key(setting)
     found = literature[(literature.task == kind) & (literature.setting == short) & (literature.set == set_label)]
     return [{"setting": setting, "set": set_label, "method": r.method, "kind": "literature", "n_images": float("nan"),
              "n_seeds": float("nan"), "paper_psnr": float("nan"), "ours_psnr": r.psnr, "ours_psnr_std": float("nan"),

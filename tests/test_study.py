@@ -12,6 +12,7 @@ from acla.config import AblationConfig, TaskConfig, load_study
 from acla.report import (
     delta_sentence,
     headline,
+    literature_key,
     literature_sentence,
     published_results,
     read_paper_tables,
@@ -210,6 +211,13 @@ def test_the_section_says_whether_each_difference_exceeds_the_noise_and_sets_the
     assert f"SRCNN {srcnn:.2f} (backbone {36.0 - srcnn:+.2f})" in text
     assert "Urban100" not in text  # a partial set is never set beside a full-set number
     assert literature_sentence("demosaic", top) == ""
+    # each task's settings find their rows: the CSV keys denoising by colour and sigma, JPEG by colour and quality
+    assert [literature_key(s) for s in ("sr_x2", "denoise_gray_s25", "jpeg_q20", "demosaic")] == [
+        ("sr", "x2"), ("denoise", "gray_s25"), ("jpeg", "gray_q20"), ("demosaic", "demosaic")]
+    gray = top.assign(setting="denoise_gray_s25", set=["BSD68", "Set12"])
+    bm3d = literature[(literature.task == "denoise") & (literature.setting == "gray_s25") & (literature.set == "BSD68")
+                      & (literature.method == "BM3D")].psnr.iloc[0]
+    assert f"BM3D {bm3d:.2f} (backbone {36.0 - bm3d:+.2f})" in literature_sentence("denoise", gray)
 
 
 def test_a_profile_may_skip_a_task_and_its_stages_write_only_provenance(tmp_path: Path) -> None:
