@@ -429,6 +429,11 @@ def budget_sentence(task_dir: Path) -> str:
                 f"({srcnn.source.iloc[0]}). ")
         if "reached_at" in where:
             text += f"The curve reached it at iteration {where['reached_at']}."
+        elif train.get("schedule") == "cosine":  # the learning rate falls to 0 at the run's end: the curve must flatten
+            text += (f"Not reached ({where['last_psnr'] - target:+.2f} dB). The run's cosine schedule takes the learning "
+                     f"rate to 0 at its last iteration, so the curve's flattening (second half: "
+                     f"{where.get('db_per_doubling', float('nan')):+.2f} dB per doubling) is the schedule's, and "
+                     "extrapolating it would not say what a longer schedule reaches; that takes a longer run.")
         elif "extrapolated_step" in where:
             text += (f"Not reached; the curve's second half gains {where['db_per_doubling']:.2f} dB per doubling of "
                      f"the iterations, which would reach it near {where['extrapolated_step']:,.0f} iterations "
