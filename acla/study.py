@@ -165,6 +165,7 @@ class TaskStudy:
     # ---------------------------------------------------------------------------------- training
     def _train(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0) -> pd.DataFrame:
         start_step = time.perf_counter()
+        (self.runs / step).mkdir(parents=True, exist_ok=True)  # a DVC output, even when no variant is trained here
         rows, curves = [], []
         for setting in self.settings:
             specs = self.variants(setting)
