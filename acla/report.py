@@ -550,6 +550,13 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
 
     paper, notes = read_paper_tables(paper_tables)
     tasks = [d for d in sorted(study.iterdir()) if (d / "evaluate" / "scores.csv").is_file()] if study.is_dir() else []
+    skipped = [d.name for d in sorted(study.iterdir()) if _provenance(d, "evaluate").get("skipped")] if (
+        study.is_dir()) else []
+    for name in skipped:  # the tables DVC expects, saying why they hold nothing
+        for stem in (name, f"{name}_ablation"):
+            atomic_write_text(tables / f"{stem}.csv", "status\nnot run in this profile (settings: [])\n")
+            atomic_write_text(tables / f"{stem}.md", f"# {stem}: not run in profile `{study.name}` (its `settings: []` in "
+                              "params.yaml)\n")
     sections = []
     drawn = {
         "alpha trajectories": draw.alpha_trajectories(study, figures / "alpha_trajectories.png"),
@@ -609,6 +616,7 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
          f"data root {summary['data_root']}; wall time of its stages {summary['wall_seconds'] / 60:.1f} min.\n"),
         "Paper tables: " + ("; ".join(notes) if notes else "none transcribed (every paper cell n/a)") + ".\n",
         *sections,
+        (f"Not run in this profile (`settings: []`): {', '.join(skipped)}.\n" if skipped else ""),
         f"Classical rows beside the published values: [`{link(classical_md)}`]({link(classical_md)}).\n"
         if classical_md and classical_md.is_file() else "",
         "Figures: " + "; ".join(f"[{title}]({link(path)})" for title, path in drawn.items() if path is not None) + ".\n",
