@@ -14,6 +14,7 @@ from acla.report import (
     headline,
     literature_key,
     literature_sentence,
+    open_keys_sentence,
     published_results,
     read_paper_tables,
     render_front_page,
@@ -259,3 +260,14 @@ def test_the_search_sentence_says_which_term_of_s9_decided_the_kept_blocks(tmp_p
     assert "|reconstruction| / |cost| = 8.00" in text
     assert ("Cost alone would keep 1 2 (the cheapest modules; equal FLOPs: lower block first); "
             "reconstruction alone 1 3.") in text
+
+
+def test_the_open_keys_sentence_reads_what_the_trained_gates_leave_open(tmp_path: Path) -> None:
+    keys = tmp_path / "sr" / "evaluate" / "sr_x2" / "keys"
+    keys.mkdir(parents=True)
+    (keys / "summary.json").write_text(json.dumps({"setting": "sr_x2", "image": "Set5/baby",
+                                                   "mean_open_keys": {"1": 1.0, "4": 30.5},
+                                                   "keys_per_query": {"1": 9, "4": 36}}))
+    assert "- sr_x2 (Set5/baby): after block 1: 1.00 of 9, after block 4: 30.50 of 36." in open_keys_sentence(
+        tmp_path / "sr")
+    assert open_keys_sentence(tmp_path / "denoise") == ""
