@@ -271,3 +271,11 @@ def test_the_open_keys_sentence_reads_what_the_trained_gates_leave_open(tmp_path
     assert "- sr_x2 (Set5/baby): after block 1: 1.00 of 9, after block 4: 30.50 of 36." in open_keys_sentence(
         tmp_path / "sr")
     assert open_keys_sentence(tmp_path / "denoise") == ""
+
+
+def test_a_step_that_trains_no_variant_still_makes_its_checkpoint_folder(tmp_path: Path) -> None:
+    study = open_task("sr", ROOT / "params.yaml", profile="ci", reports=tmp_path / "study", runs=tmp_path / "runs",
+                      progress=False)
+    study.search()  # the architecture the variants are built from
+    assert study._train("ablation", [], study.seeds).empty  # an ablation whose profile lists no variant
+    assert (study.runs / "ablation").is_dir()  # a DVC output of the stage, so it must exist
