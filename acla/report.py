@@ -510,7 +510,7 @@ def search_sentence(task_dir: Path) -> str:
         rec = {b: float(frame[f"rec_grad_{b}"].sum()) for b in blocks}
         cost = {b: float(frame[f"cost_grad_{b}"].sum()) for b in blocks}
         # cost alone lowers every alpha at a rate proportional to its module's FLOPs: the cheapest stay open
-        flops = {b: float(arch.get("module_flops", {}).get(b, cost[b])) for b in blocks}
+        flops = {b: float(arch["module_flops"][b]) for b in blocks}
 
         final = frame.iloc[-1][[f"block_{b}" for b in blocks]]
         total_rec, total_cost = sum(map(abs, rec.values())), sum(map(abs, cost.values()))
@@ -521,8 +521,7 @@ def search_sentence(task_dir: Path) -> str:
             f"{max(rec.values()):+.2e} per block and the cost term's {min(cost.values()):+.2e} to "
             f"{max(cost.values()):+.2e} (|reconstruction| / |cost| = {total_rec / total_cost:.2f} over the blocks). "
             f"Cost alone would keep {_kept_by(flops, len(kept))} (the cheapest modules; equal FLOPs: lower block "
-            f"first); reconstruction alone "
-            f"{_kept_by(rec, len(kept))}.")
+            f"first); reconstruction alone {_kept_by(rec, len(kept))}.")
     if not lines:
         return ""
     return "What decided the insertion search (S9):\n\n" + "\n".join(lines) + "\n"

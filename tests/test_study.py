@@ -231,10 +231,11 @@ def test_a_profile_may_skip_a_task_and_its_stages_write_only_provenance(tmp_path
     assert json.loads((study.reports / "evaluate" / "provenance.json").read_text())["skipped"] is True
     assert not (study.reports / "evaluate" / "scores.csv").exists() and (study.runs / "retrain").is_dir()
     out = tmp_path / "out"
-    render_study(tmp_path / "study" / "ci", out / "tables" / "ci", out / "figures" / "ci", out / "tables" / "ci" / "section.md",
-                 None)  # the tables DVC expects exist and say why they are empty
-    assert "not run in profile `ci`" in (out / "tables" / "ci" / "jpeg_ablation.md").read_text()
-    assert "Not run in this profile (`settings: []`): jpeg." in (out / "tables" / "ci" / "section.md").read_text()
+    tables = out / "tables" / "ci"
+    render_study(tmp_path / "study" / "ci", tables, out / "figures" / "ci", tables / "section.md", None)
+    # the tables DVC expects exist and say why they are empty
+    assert "not run in profile `ci`" in (tables / "jpeg_ablation.md").read_text()
+    assert "Not run in this profile (`settings: []`): jpeg." in (tables / "section.md").read_text()
 
 
 def test_the_smoke_profile_is_the_reduced_study_the_issue_names() -> None:
