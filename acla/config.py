@@ -202,6 +202,8 @@ class AblationConfig:
     random_seed: int = 0
     iterations: int = 0  # 0: train.iterations (the headline pair's rows are reused); else every variant,
     #                      backbone and acla included, is trained for this many (a cheaper, still equal budget)
+    budgets: tuple[int, ...] = ()  # the backbone (first seed) retrained at each of these iteration counts, each a
+    #                                whole schedule: final PSNR against budget says what budget a published score needs
 
     def __post_init__(self) -> None:
         from acla.models import ATTENTIONS
@@ -214,6 +216,9 @@ class AblationConfig:
                 raise ValueError(f"ablation.num_keys: {keys} must be >= 1")
         if self.iterations < 0:
             raise ValueError(f"ablation.iterations must be >= 0, got {self.iterations}")
+        for budget in self.budgets:
+            if budget < 1:
+                raise ValueError(f"ablation.budgets: {budget} must be >= 1 iteration")
         for name in self.insertions:
             if name not in ABLATION_INSERTIONS:
                 raise ValueError(f"ablation.insertions: {name!r} is not one of {ABLATION_INSERTIONS}")

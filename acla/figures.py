@@ -153,6 +153,37 @@ def training_curves(study: Path, path: Path) -> Path | None:
     return _save(grid.figure, path)
 
 
+def budget_sweep(study: Path, path: Path) -> Path | None:
+    """Final validation PSNR of the backbone against its training budget (whole schedules, ``ablation/budget.csv``),
+    each seed a dot, with the published SR x2 SRCNN value on the same set when the literature CSV holds it."""
+    from acla.report import published_results
+
+    frames = [pd.read_csv(csv).assign(task=csv.parents[1].name) for csv in sorted(study.glob("*/ablation/budget.csv"))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    literature = published_results()
+    panels = list(data.groupby(["task", "setting"]))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.4), squeeze=False)
+    for ax, ((task, setting), group) in zip(axes[0], panels):
+        sns.lineplot(data=group, x="iterations", y="val_psnr", errorbar=None, marker="o", ax=ax, label="mean")
+        sns.scatterplot(data=group, x="iterations", y="val_psnr", color="black", s=12, ax=ax, label="seeds")
+        val_set = str(group.val_set.iloc[0])
+        short = setting.split("_", 1)[-1]
+        for row in literature[(literature.task == task) & (literature.setting == short)
+                              & (literature.set == val_set) & literature.method.isin(["bicubic", "SRCNN"])].itertuples():
+            ax.axhline(row.psnr, ls="--", lw=1, color="grey")
+            ax.annotate(f"{row.method} (published) {row.psnr:.2f}", (group.iterations.min(), row.psnr), fontsize=7,
+                        va="bottom")
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"{setting}: budget sweep", xlabel="iterations (each a whole schedule)",
+               ylabel=f"{val_set} PSNR (dB)")
+        ax.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def accuracy_vs_cost(study: Path, path: Path) -> Path | None:
     """Validation PSNR of every variant against its parameters and FLOPs."""
     frames = []

@@ -163,8 +163,10 @@ class TaskStudy:
         return self.runs / step / setting / slug(label) / f"seed{seed}"
 
     # ---------------------------------------------------------------------------------- training
-    def _train(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0) -> pd.DataFrame:
-        start_step = time.perf_counter()
+    def _fit(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0,
+             ) -> tuple[list[dict], list[pd.DataFrame]]:
+        """Train ``labels`` x ``seeds`` of every setting (checkpoints under ``runs/<step>``): one row per run and
+        its dvclive curves. ``iterations`` > 0 replaces the training budget (a whole schedule of that length)."""
         (self.runs / step).mkdir(parents=True, exist_ok=True)  # a DVC output, even when no variant is trained here
         rows, curves = [], []
         for setting in self.settings:
@@ -193,6 +195,12 @@ class TaskStudy:
                                  "seconds": time.perf_counter() - start,
                                  "checkpoint": str(result.checkpoint.relative_to(self.runs))})
                     curves.append(dvclive_curves(run_dir).assign(setting=setting, variant=label, seed=seed))
+        return rows, curves
+
+    def _train(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0) -> pd.DataFrame:
+        """``_fit``, then ``reports/<step>/{runs.csv, curves.csv, provenance.json}``."""
+        start_step = time.perf_counter()
+        rows, curves = self._fit(step, labels, seeds, iterations)
         out = self.reports / step
         save_provenance(self, step, time.perf_counter() - start_step)
         write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), out / "curves.csv")
@@ -221,7 +229,30 @@ class TaskStudy:
         if reuse:
             retrained = pd.read_csv(self.reports / "retrain" / "runs.csv")
             trained = pd.concat([retrained[retrained.seed == self.seeds[0]], trained], ignore_index=True)
+        self.budget_sweep()
         return write_csv(trained, self.reports / "ablation" / "ablation.csv")
+
+    def budget_sweep(self) -> pd.DataFrame:
+        """The backbone (first headline seed) trained at each of ``ablation.budgets`` iterations, each a whole
+        schedule of its own length, beside the headline's runs (every seed) at the training budget:
+        ``ablation/budget.csv`` (final validation PSNR per budget and seed) and ``ablation/budget_curves.csv``.
+
+        Why: under a cosine schedule one run's curve flattens because its learning rate reaches 0, so it cannot
+        say what a longer run would reach; the end points of whole schedules of several lengths can."""
+        budgets = [b for b in self.config.ablation.budgets if b != self.config.train.iterations]
+        if not budgets:
+            return pd.DataFrame()
+        rows, curves = [], []
+        for budget in budgets:
+            fitted, drawn = self._fit(f"ablation/budget/it{budget}", ["backbone"], self.seeds[:1], budget)
+            rows += fitted
+            curves += drawn
+        retrained = pd.read_csv(self.reports / "retrain" / "runs.csv")
+        frame = pd.concat([pd.DataFrame(rows).assign(source="ablation"),
+                           retrained[retrained.variant == "backbone"].assign(source="retrain")], ignore_index=True)
+        frame = frame.sort_values(["setting", "iterations", "seed"], ignore_index=True)
+        write_csv(pd.concat(curves, ignore_index=True), self.reports / "ablation" / "budget_curves.csv")
+        return write_csv(frame, self.reports / "ablation" / "budget.csv")
 
     # ---------------------------------------------------------------------------------- evaluation
     def model(self, setting: str, label: str, seed: int | None = None, step: str = "retrain") -> torch.nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,8 @@ import pytest
 
 from acla.config import AblationConfig, TaskConfig, load_study
 from acla.report import (
+    _sweep_sentence,
+    budget_fit,
     delta_sentence,
     headline,
     literature_key,
@@ -23,7 +26,7 @@ from acla.report import (
     seed_spread,
     task_table,
 )
-from acla.study import open_task, variant_specs
+from acla.study import TaskStudy, open_task, variant_specs
 from acla.train import ModelSpec, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,17 +95,54 @@ def test_the_steps_write_what_the_report_reads(ci_study) -> None:
     assert efficiency.set_index("variant").params.to_dict() == ablation.set_index("variant").params.to_dict()
 
 
-def test_a_separate_ablation_budget_trains_the_headline_pair_too(ci_study, tmp_path: Path) -> None:
+def ci_sr_with_ablation(ablation: str, tmp_path: Path, reports: Path) -> TaskStudy:
+    """The ci profile's SR task with its ``ablation`` section replaced (params written to ``tmp_path``)."""
     text = (ROOT / "params.yaml").read_text().replace(
-        "ablation: {attentions: [cla], num_keys: [4], insertions: [random]}",
-        "ablation: {attentions: [cla], num_keys: [4], insertions: [random], iterations: 2}")
+        "ablation: {attentions: [cla], num_keys: [4], insertions: [random]}", f"ablation: {ablation}")
     params = tmp_path / "params.yaml"
     params.write_text(text)
-    study = open_task("sr", params, profile="ci", reports=ci_study.reports.parents[1], runs=tmp_path / "runs", progress=False)
+    return open_task("sr", params, profile="ci", reports=reports, runs=tmp_path / "runs", progress=False)
+
+
+def test_a_separate_ablation_budget_trains_the_headline_pair_too(ci_study, tmp_path: Path) -> None:
+    study = ci_sr_with_ablation("{attentions: [cla], num_keys: [4], insertions: [random], iterations: 2}", tmp_path,
+                                ci_study.reports.parents[1])
     table = study.ablate()
     assert list(table.variant) == ["backbone", "acla", "cla", "acla K=4", "acla random"]
     assert (table.iterations == 2).all()
     assert (tmp_path / "runs" / "ci" / "sr" / "ablation" / "sr_x2" / "backbone" / "seed0" / "last.pt").is_file()
+
+
+def test_the_budget_sweep_trains_the_backbone_at_each_budget_beside_the_headline_runs(ci_study, tmp_path: Path) -> None:
+    study = ci_sr_with_ablation("{attentions: [], num_keys: [], insertions: [], budgets: [2, 4]}", tmp_path,
+                                tmp_path / "reports")
+    for step in ("search", "retrain"):
+        shutil.copytree(ci_study.reports / step, study.reports / step)
+    retrained = pd.read_csv(ci_study.reports / "retrain" / "runs.csv")
+    sweep = study.budget_sweep()
+    # 4 is the headline budget: its runs (every seed) come from retrain, and only the 2-iteration run is trained
+    assert list(sweep.iterations) == [2, 4] and list(sweep.source) == ["ablation", "retrain"]
+    assert sweep.val_psnr.iloc[1] == retrained[retrained.variant == "backbone"].val_psnr.iloc[0]
+    assert (tmp_path / "runs" / "ci" / "sr" / "ablation" / "budget" / "it2" / "sr_x2" / "backbone" / "seed0" / "last.pt").is_file()
+    curves = pd.read_csv(study.reports / "ablation" / "budget_curves.csv")
+    assert set(curves.metric) >= {"train/loss", "val/psnr"}
+
+
+def test_the_budget_fit_says_when_a_target_is_reached_and_otherwise_bounds_the_budget_it_needs() -> None:
+    points = pd.DataFrame({"iterations": [300, 600, 600, 1200, 2400], "val_psnr": [34.0, 35.0, 35.2, 35.6, 36.0],
+                           "seed": [0, 0, 1, 0, 0], "seconds": [30, 60, 60, 120, 240.0]})
+    assert budget_fit(points, 35.5, 600)["reached_at"] == 1200
+    where = budget_fit(points, 37.0, 600)
+    assert where["psnr"][1] == pytest.approx(35.1)  # seeds averaged
+    assert where["last_pair_db_per_doubling"] == pytest.approx(0.4)
+    assert where["last_pair_budget"] == pytest.approx(2400 * 2 ** 2.5)  # 1 dB more at 0.4 dB per doubling
+    assert where["fit_db_per_doubling"] == pytest.approx(0.45)  # least squares through 35.1, 35.6, 36.0
+    assert 2400 < where["fit_budget"] < where["last_pair_budget"]
+    text = _sweep_sentence("sr_x2", points, 37.0, 600, "a source")
+    assert "600 it: 35.10 dB (n=2)" in text and "Not reached by 2,400 iterations (-1.00 dB)" in text
+    assert "0.100 s per iteration" in text and "lower bounds" in text
+    flat = budget_fit(points.assign(val_psnr=[34.0, 35.0, 35.0, 35.0, 34.9]), 37.0, 600)
+    assert "fit_budget" not in flat and "last_pair_budget" not in flat
 
 
 def test_auto_resume_continues_a_finished_run_and_restarts_after_a_config_change(ci_study, tmp_path: Path) -> None:
