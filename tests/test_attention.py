@@ -306,20 +306,25 @@ def test_the_fast_path_counts_the_flops_of_the_reference_path(gather: str) -> No
     assert fast == count_flops(lambda: module(query, refs)) > 0
 
 
+@pytest.mark.parametrize("channels", [6, 16])  # the kernel's generic loop and its unrolled one
 @pytest.mark.parametrize("logits", ["predicted", "dot"])
-def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str, gather: str) -> None:
-    module = randomise(build_attention("acla", 6, 3, num_keys=9, logits=logits, gate_bias=0.0).double(), 13).eval()
+def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str, gather: str, channels: int) -> None:
+    module = randomise(build_attention("acla", channels, 3, num_keys=9, logits=logits, gate_bias=0.0).double(), 13).eval()
     with torch.no_grad():
-        module.offset.weight.mul_(6.0)
-    query, *refs = maps(2, 6, 5, 7, count=4, seed=14)
+        module.offset.weight.mul_(6.0)  # keys off the grid, between pixels and outside the map
+    query, *refs = maps(2, channels, 5, 7, count=4, seed=14)
     with torch.no_grad():
         assert module.skips_closed_keys()
+        # predicted logits with the kernel: the one-walk inference kernel, W_v folded into W_z
+        assert module.runs_fused_inference(query) == (logits == "predicted" and gather == "kernel")
         skipping = module(query, refs)
-        open_keys = float(module.open_keys)
+        counts, budget = module.open_key_counts.clone(), module.key_budget.clone()
         module.fast = False
         dense = module(query, refs)  # the reference: every key gathered, closed ones weighted 0
-    assert 0.2 < open_keys / 27 < 0.8
+    assert 0.2 < float(counts.mean()) / 27 < 0.8
     assert torch.allclose(skipping, dense, rtol=0, atol=1e-12)
+    assert torch.equal(counts, module.open_key_counts.to(counts.dtype))
+    assert torch.allclose(budget.double(), module.key_budget.double(), atol=1e-7)
 
 
 @pytest.mark.parametrize("logits", ["predicted", "dot"])

@@ -255,13 +255,10 @@ class SampledCrossLayerAttention(AttentionBase):
         Fast path: the query's heads are one matrix product on its rows, and each reference's values one
         more; the reference path runs the 1x1 convolutions.
         """
-        heads = [self.offset, self.attention if self.logit_form == "predicted" else self.query]
-        heads += [self.gate] if self.adaptive else []
+        heads = self.query_heads()
         if self.fast:
             rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
-            weight = torch.cat([head.weight.flatten(1) for head in heads])
-            projected = F.linear(rows, weight, torch.cat([head.bias for head in heads]))
-            outputs = projected.split([head.out_channels for head in heads], dim=-1)
+            outputs = self.project_query(rows).split([head.out_channels for head in heads], dim=-1)
             values = [rows_linear(self.value, ref.permute(0, 2, 3, 1)) for ref in refs]
         else:
             query = query.contiguous(memory_format=torch.channels_last)  # the convs then emit (B, H, W, c) memory
@@ -270,12 +267,52 @@ class SampledCrossLayerAttention(AttentionBase):
             values = self.value(stacked.flatten(0, 1).permute(0, 3, 1, 2))
         return outputs[0], outputs[1], outputs[2] if self.adaptive else None, values
 
+    def query_heads(self) -> list[nn.Conv2d]:
+        """The 1x1 projections of the query: (S1) W_o, (S3) W_a or W_q, and (S6) W_m for ACLA."""
+        heads = [self.offset, self.attention if self.logit_form == "predicted" else self.query]
+        return heads + ([self.gate] if self.adaptive else [])
+
+    def project_query(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every head of ``query_heads`` on the query's rows (B, H, W, C) in one matrix product, concatenated."""
+        heads = self.query_heads()
+        return F.linear(rows, torch.cat([head.weight.flatten(1) for head in heads]), torch.cat([head.bias for head in heads]))
+
+    def runs_fused_inference(self, query: torch.Tensor) -> bool:
+        """Whether this call takes ``fused_inference``: ACLA with predicted logits at inference (deterministic gates,
+        no autograd, eager), on CPU in float32/float64, where the C++ kernel builds."""
+        return (self.adaptive and self.logit_form == "predicted" and self.skips_closed_keys()
+                and query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
+                and gather_kernel.load() is not None)
+
+    def fused_inference(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        """(S1)-(S7) at inference in one walk of the C++ kernel (``gather_kernel``'s ``acla_inference``): per query,
+        the gates, the softmax over the open keys and the weighted bilinear sum of the open keys only.
+
+        W_v is shared by the references (S2) and (S5) is linear in the values, so the kernel gathers the raw
+        reference features and W_z W_v is applied once to the sum:
+            sum_{r,k} a Bilinear(W_v F^r + b_v) = W_v sum_{r,k} a Bilinear(F^r) + b_v sum_{r,k} a m_{r,k},
+        with m the key's in-map bilinear weight (zero padding). That saves the R value projections and folds
+        W_v into W_z; the other paths give the same numbers up to float rounding (a test, float64).
+        """
+        rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
+        heads = self.project_query(rows).contiguous()  # (S1) offsets, (S3) logits, (S6) gate scores
+        maps = [ref.permute(0, 2, 3, 1).contiguous() for ref in refs]  # raw F^r as rows
+        summed, counts = gather_kernel.load().acla_inference(maps, heads, self.grid.to(query.dtype))
+        w_z = self.output.weight.flatten(1)
+        weight = torch.cat([w_z @ self.value.weight.flatten(1), (w_z @ self.value.bias).unsqueeze(1)], dim=1)
+        self.open_key_counts = counts  # (S7)
+        self.open_keys = counts.float().mean()
+        self.key_budget = torch.sigmoid(heads[..., -self.keys_per_query:].float()).mean()  # (S8)
+        return F.linear(summed, weight, self.output.bias).permute(0, 3, 1, 2)  # (S5) W_z W_v, channels-last memory
+
     def keys(self, values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """(S3) W_k on the values, in their layout (``projections``)."""
         return [rows_linear(self.key, rows) for rows in values] if isinstance(values, list) else self.key(values)
 
     def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         self._check_refs(query, refs, self.num_refs)
+        if self.runs_fused_inference(query):
+            return self.fused_inference(query, refs)
         batch, _, height, width = query.shape
         # Channels-last rows throughout: (B, H, W, c) memory is the layout the per-query gathers read.
         offsets, head, scores, values = self.projections(query, refs)  # (S1), (S3), (S6), (S2) V^r

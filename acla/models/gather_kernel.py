@@ -23,6 +23,7 @@ SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -138,6 +139,60 @@ void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* p
   });
 }
 
+// ACLA at inference, (S1)-(S7) for one query per iteration: heads (B, H, W, 4*R*K) are the query's projections
+// (offsets x, y per key; logits; gate scores), maps[r] the raw reference r (B*H*W, C), grid (K, 2) the keys' fixed
+// offsets. Gates are s > 0 with the best-scored key always open; the softmax runs over the open keys only; the
+// open keys' bilinear samples of the raw maps are summed with those weights into out[q, :C], and the weights times
+// the in-map bilinear mass into out[q, C] (W_v's bias reaches the output through it). counts[q]: open keys.
+// Only open keys cost an exp: closed ones are skipped before the softmax.
+template <typename scalar_t, int FIXED_CHANNELS>
+void inference_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* heads, const scalar_t* grid,
+                      scalar_t* __restrict__ out, scalar_t* counts, int64_t batch,
+                      int64_t height, int64_t width, int64_t keys, int64_t runtime_channels) {
+  const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
+  const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
+  at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> weight(per_query);
+    std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
+    for (int64_t q = begin; q < end; ++q) {
+      const scalar_t* offsets = heads + q * 4 * per_query;
+      const scalar_t* logits = offsets + 2 * per_query;
+      const scalar_t* scores = logits + per_query;
+      int64_t best = 0;
+      for (int64_t m = 1; m < per_query; ++m) if (scores[m] > scores[best]) best = m;  // first maximum, as argmax
+      scalar_t top = -std::numeric_limits<scalar_t>::infinity();
+      int64_t open = 0;
+      for (int64_t m = 0; m < per_query; ++m) {
+        if (scores[m] > 0 || m == best) { ++open; top = std::max(top, logits[m]); weight[m] = 1; } else { weight[m] = 0; }
+      }
+      scalar_t total = 0;
+      for (int64_t m = 0; m < per_query; ++m) if (weight[m] != 0) total += weight[m] = std::exp(std::min(logits[m] - top, scalar_t(0)));
+      scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
+      scalar_t* __restrict__ sum = FIXED_CHANNELS > 0 ? local : generic.data();
+      if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
+      scalar_t mass = 0;
+      const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
+      for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
+        if (weight[m] == 0) continue;  // a closed key reads nothing
+        const scalar_t attention = weight[m] / total;
+        const Taps<scalar_t> taps((scalar_t(x) + grid[2 * k]) + offsets[2 * m],
+                                  (scalar_t(y) + grid[2 * k + 1]) + offsets[2 * m + 1], height, width);
+        for (int t = 0; t < 4; ++t) {
+          if (!taps.inside[t]) continue;
+          const scalar_t coefficient = attention * taps.weight[t];
+          mass += coefficient;
+          const scalar_t* __restrict__ source = maps[r] + (image + taps.pixel[t]) * channels;
+#pragma omp simd
+          for (int64_t c = 0; c < channels; ++c) sum[c] += coefficient * source[c];
+        }
+      }
+      std::copy(sum, sum + channels, out + q * (channels + 1));
+      out[q * (channels + 1) + channels] = mass;
+      counts[q] = scalar_t(open);
+    }
+  });
+}
+
 // Calls ``kernel<FIXED_CHANNELS>`` for the common channel counts, the generic loop otherwise.
 #define ACLA_DISPATCH_CHANNELS(channels, kernel, ...)          \
   switch (channels) {                                           \
@@ -196,6 +251,22 @@ std::vector<torch::Tensor> gather_backward(std::vector<torch::Tensor> maps, torc
   grads.push_back(grad_weights);
   return grads;
 }
+
+// maps: R raw reference rows (B, H, W, C) contiguous; heads (B, H, W, 4*R*K); grid (K, 2). Returns the sums
+// (B, H, W, C + 1) and the open-key counts (B, H, W).
+std::vector<torch::Tensor> acla_inference(std::vector<torch::Tensor> maps, torch::Tensor heads, torch::Tensor grid) {
+  const int64_t batch = heads.size(0), height = heads.size(1), width = heads.size(2);
+  const int64_t keys = grid.size(0), channels = maps[0].size(-1);
+  TORCH_CHECK(heads.size(3) == 4 * keys * static_cast<int64_t>(maps.size()), "heads must hold 4*R*K channels");
+  auto out = torch::empty({batch, height, width, channels + 1}, maps[0].options());
+  auto counts = torch::empty({batch, height, width}, maps[0].options());
+  AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_inference", [&] {
+    ACLA_DISPATCH_CHANNELS(channels, inference_kernel, pointers<scalar_t>(maps), heads.data_ptr<scalar_t>(),
+                           grid.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>(),
+                           batch, height, width, keys, channels);
+  });
+  return {out, counts};
+}
 """
 
 _kernel = None
@@ -226,7 +297,7 @@ def load():
         vector = _vector_flags()
         _kernel = load_inline(
             name="acla_bilinear_gather" + "".join(flag.replace("-m", "_") for flag in vector),
-            cpp_sources=SOURCE, functions=["gather_forward", "gather_backward"],
+            cpp_sources=SOURCE, functions=["gather_forward", "gather_backward", "acla_inference"],
             extra_cflags=["-O3", "-fopenmp", *vector], extra_ldflags=["-fopenmp"], verbose=False,
         )
     except Exception as error:  # noqa: BLE001 - any build failure means: use the pure-torch path
