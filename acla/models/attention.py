@@ -23,7 +23,9 @@ same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and 
   taps, forward and backward; registered as the custom op ``acla::bilinear_gather`` so that
   ``torch.compile`` keeps it), or, where no compiler builds it, pure torch (taps per corner, one autograd
   node with a hand-written backward). At inference with deterministic gates, closed keys are never
-  gathered: the kernel skips weight-0 keys, the pure-torch path packs each query's open keys into one bag.
+  gathered: the kernel skips weight-0 keys, the pure-torch path packs each query's open keys into one bag;
+  ACLA with predicted logits runs the whole module as one kernel walk per query (``fused_inference``:
+  gates, softmax over the open keys, the open keys' bilinear sum, W_v folded into W_z).
 * the reference path (``fast=False``): 1x1 convolutions, the four bilinear taps of every key as rows of a
   channels-last table and one ``F.embedding_bag`` with the attention and bilinear weights fused, autograd
   through every op (``benchmarks/bench_sampling.py`` compares the formulations, with one batched
