@@ -1,10 +1,11 @@
-"""Training step: backbone time / ACLA time, eager and compiled, for the study's training settings.
+"""Training step: backbone time / ACLA time, eager, eager channels-last and compiled, for the study's training settings.
 
 Adam + L1 steps (as ``acla.train``) on random tensors (no data loading: the figure is the network's),
 batch 16: SR x2 at LR patch 24 and denoising at 48x48, ``tiny`` (8 x 32) and ``edsr-baseline``
 (16 x 64), backbone alone and + ACLA at the four stages. The eager rows of one backbone and task are
 timed in interleaved rounds (a step of each model per round), so drift on a shared machine hits them
-alike; ``compiled`` rows (``torch.compile``, default inductor) also give the compile time (the first
+alike; ``eager, channels-last`` rows hold model and batches in channels-last memory (the CPU convolutions'
+fast layout); ``compiled`` rows (``torch.compile``, default inductor) also give the compile time (the first
 two steps minus two timed steps). Usage: ``python -m benchmarks.bench_training [--device cuda]
 [--no-compile] [--steps 5]``.
 """
@@ -24,20 +25,23 @@ from benchmarks.common import device_name, gather_implementation, write_csv
 
 SETTINGS = (("tiny", "sr", 24), ("tiny", "denoise", 48), ("edsr-baseline", "sr", 24), ("edsr-baseline", "denoise", 48))
 MODELS = (("backbone", "none", "none"), ("acla", "acla", "four-stages"))
+MODES = ("eager", "eager, channels-last", "compiled")
 
 
 def training_step(backbone: str, task: str, patch: int, attention: str, insert: str, device: torch.device,
-                  compiled: bool, batch: int = 16):
+                  mode: str, batch: int = 16):
     """A closure running one Adam step of the model on a fixed random batch."""
     torch.manual_seed(0)
     scale = 2 if task == "sr" else 1
+    memory_format = torch.channels_last if mode == "eager, channels-last" else torch.contiguous_format
     model = build_model(task, backbone, attention=attention, insert=insert, scale=scale).to(device).train()
-    if compiled:
+    model = model.to(memory_format=memory_format)
+    if mode == "compiled":
         torch._dynamo.reset()  # each model compiled afresh, for static shapes, as in a training run
-    network = torch.compile(model, dynamic=False) if compiled else model
+    network = torch.compile(model, dynamic=False) if mode == "compiled" else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    inputs = torch.rand(batch, 3, patch, patch, device=device)
-    target = torch.rand(batch, 3, patch * scale, patch * scale, device=device)
+    inputs = torch.rand(batch, 3, patch, patch, device=device).contiguous(memory_format=memory_format)
+    target = torch.rand(batch, 3, patch * scale, patch * scale, device=device).contiguous(memory_format=memory_format)
 
     def step() -> None:
         loss = F.l1_loss(network(inputs), target)
@@ -56,10 +60,10 @@ def seconds(step) -> float:
     return time.perf_counter() - start
 
 
-def measure_setting(backbone: str, task: str, patch: int, device: torch.device, compiled: bool, steps: int) -> list[dict]:
+def measure_setting(backbone: str, task: str, patch: int, device: torch.device, mode: str, steps: int) -> list[dict]:
     runs = {}
     for name, attention, insert in MODELS:
-        step = training_step(backbone, task, patch, attention, insert, device, compiled)
+        step = training_step(backbone, task, patch, attention, insert, device, mode)
         warmup = seconds(step) + seconds(step)  # compiles here when compiled
         runs[name] = (step, warmup, [])
     for _ in range(steps):  # interleaved rounds
@@ -69,8 +73,8 @@ def measure_setting(backbone: str, task: str, patch: int, device: torch.device, 
     for name, (_, warmup, samples) in runs.items():
         step_s = statistics.median(samples)
         rows.append({"backbone": backbone, "task": task, "lr_patch": patch, "batch": 16, "model": name,
-                     "mode": "compiled" if compiled else "eager", "step_s": step_s,
-                     "compile_s": max(warmup - 2 * step_s, 0.0) if compiled else 0.0})
+                     "mode": mode, "step_s": step_s,
+                     "compile_s": max(warmup - 2 * step_s, 0.0) if mode == "compiled" else 0.0})
         print(rows[-1], flush=True)
     return rows
 
@@ -79,13 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (median reported)")
-    parser.add_argument("--no-compile", action="store_true", help="eager rows only")
+    parser.add_argument("--no-compile", action="store_true", help="the eager modes only")
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
-    for compiled in (False,) if args.no_compile else (False, True):
+    for mode in (m for m in MODES if not (args.no_compile and m == "compiled")):
         for backbone, task, patch in SETTINGS:
-            rows += measure_setting(backbone, task, patch, device, compiled, args.steps)
+            rows += measure_setting(backbone, task, patch, device, mode, args.steps)
     frame = pd.DataFrame(rows)
     backbone_time = frame[frame.model == "backbone"].set_index(["backbone", "task", "mode"])["step_s"]
     frame["backbone_over_model"] = [backbone_time[(row.backbone, row.task, row.mode)] / row.step_s

@@ -105,8 +105,8 @@ def overhead_section(frame: pd.DataFrame) -> str:
     return f"""## (c) Overhead of ACLA on EDSR-baseline x2 ({_conditions(frame)})
 
 `python benchmarks/bench_overhead.py` — inference at a {frame['input'].iloc[0]} LR input (640x360 output),
-FLOPs = 2 x multiply-adds (`acla.efficiency`), median latency, eager and compiled (overheads against the
-backbone in the same mode):
+FLOPs = 2 x multiply-adds (`acla.efficiency`), median latency, per mode: eager, eager with model and input in
+channels-last memory, compiled (overheads against the backbone in the same mode):
 
 {_table(frame, columns, formats)}
 """
@@ -124,8 +124,9 @@ def training_section(frame: pd.DataFrame) -> str:
     pivot = pivot.reset_index()
     steps = frame.pivot_table(index=["backbone", "task", "model"], columns="mode", values="step_s").reset_index()
     compile_s = frame[frame["mode"] == "compiled"][["backbone", "task", "model", "compile_s"]]
-    ratios = {column: "{:.2f}" for column in pivot.columns if column in ("eager", "compiled")}
-    seconds = {column: "{:.3f}" for column in steps.columns if column in ("eager", "compiled")}
+    modes = ("eager", "eager, channels-last", "compiled")
+    ratios = {column: "{:.2f}" for column in pivot.columns if column in modes}
+    seconds = {column: "{:.3f}" for column in steps.columns if column in modes}
     compile_table = _table(compile_s, list(compile_s.columns), {"compile_s": "{:.0f}"}) if len(compile_s) else "(not run)"
     return f"""## (d) Training step: backbone time / ACLA time ({_conditions(frame)})
 

@@ -296,6 +296,20 @@ def test_the_kernel_op_passes_opcheck() -> None:
     maps = [torch.randn(1, 3, 4, 5, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(2)]
     torch.library.opcheck(attention.kernel_gather, (positions, weights, maps))  # weighted sums
     torch.library.opcheck(attention.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
+    heads = torch.randn(1, 3, 4, 4 * 2 * 4, generator=generator, dtype=torch.float64)  # ACLA's fused inference
+    torch.library.opcheck(attention.kernel_inference, ([m.detach() for m in maps], heads, attention.key_grid(4).double()))
+
+
+def test_compiled_acla_inference_keeps_the_fused_kernel_and_its_numbers() -> None:
+    if gather_kernel.load() is None:
+        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    module = randomise(build_attention("acla", 16, 2, num_keys=9, gate_bias=0.0), 17).eval()
+    query, *refs = (t.float() for t in maps(1, 16, 6, 7, count=3, seed=18))
+    with torch.no_grad():
+        assert module.runs_fused_inference(query)
+        eager = module(query, refs)
+        compiled = torch.compile(module, fullgraph=True)(query, refs)
+    assert torch.allclose(compiled, eager, atol=1e-5)
 
 
 def test_the_fast_path_counts_the_flops_of_the_reference_path(gather: str) -> None:

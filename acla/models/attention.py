@@ -281,10 +281,11 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def runs_fused_inference(self, query: torch.Tensor) -> bool:
         """Whether this call takes ``fused_inference``: ACLA with predicted logits at inference (deterministic gates,
-        no autograd, eager), on CPU in float32/float64, where the C++ kernel builds."""
-        return (self.adaptive and self.logit_form == "predicted" and self.skips_closed_keys()
-                and query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
-                and gather_kernel.load() is not None)
+        no autograd; eager or compiled: the kernel is a custom op), on CPU in float32/float64, where the C++ kernel
+        builds."""
+        return (self.adaptive and self.logit_form == "predicted" and self.fast and not self.training
+                and not torch.is_grad_enabled() and query.device.type == "cpu"
+                and query.dtype in (torch.float32, torch.float64) and gather_kernel.load() is not None)
 
     def fused_inference(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """(S1)-(S7) at inference in one walk of the C++ kernel (``gather_kernel``'s ``acla_inference``): per query,
@@ -299,7 +300,7 @@ class SampledCrossLayerAttention(AttentionBase):
         rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
         heads = self.project_query(rows).contiguous()  # (S1) offsets, (S3) logits, (S6) gate scores
         maps = [ref.permute(0, 2, 3, 1).contiguous() for ref in refs]  # raw F^r as rows
-        summed, counts = gather_kernel.load().acla_inference(maps, heads, self.grid.to(query.dtype))
+        summed, counts = kernel_inference(maps, heads, self.grid.to(query.dtype))
         w_z = self.output.weight.flatten(1)
         weight = torch.cat([w_z @ self.value.weight.flatten(1), (w_z @ self.value.bias).unsqueeze(1)], dim=1)
         self.open_key_counts = counts  # (S7)
@@ -549,6 +550,20 @@ def kernel_gather_backward(positions: torch.Tensor, weights: torch.Tensor, maps:
         [rows.contiguous() for rows in maps], positions.contiguous(), weights.contiguous(), grad.contiguous(),
         True, True, weights.numel() > 0)
     return [*grad_maps, grad_positions, grad_weights if weights.numel() else weights.new_empty(0)]
+
+
+@torch.library.custom_op("acla::acla_inference", mutates_args=())
+def kernel_inference(maps: list[torch.Tensor], heads: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SampledCrossLayerAttention.fused_inference``'s kernel walk: raw reference rows R x (B, H, W, C), the query's
+    heads (B, H, W, 4*R*K), the key grid (K, 2) -> sums (B, H, W, C + 1) and open-key counts (B, H, W). A custom
+    op, so that ``torch.compile`` keeps it whole; inference only (no autograd)."""
+    return tuple(gather_kernel.load().acla_inference([rows.contiguous() for rows in maps], heads.contiguous(),
+                                                     grid.contiguous()))
+
+
+@kernel_inference.register_fake
+def _(maps, heads, grid):
+    return heads.new_empty((*heads.shape[:3], maps[0].shape[-1] + 1)), heads.new_empty(heads.shape[:3])
 
 
 @kernel_gather_backward.register_fake
