@@ -2,9 +2,11 @@
 
 One ``acla`` module (C = 64, R = 4 references, K = 9 keys, as at the last of the four stages of
 EDSR-baseline) on a 180x320 feature map, eval mode, no autograd. The gate logits are set so that exactly
-the given fraction of each query's R*K keys is open. Three paths, timed in interleaved rounds: the fast
-path with the C++ kernel (CPU; it skips weight-0 keys), the fast path in pure torch (packed bags of the
-open keys), and the reference path (every key gathered, closed ones weighted 0).
+the given fraction of each query's R*K keys is open. Four paths, timed in interleaved rounds: the fused C++
+walk (CPU: gates, softmax over the open keys and their bilinear sum in one pass per query, W_v folded into
+W_z), the fast path with the C++ gather kernel only (it skips weight-0 keys; the gates and softmax in torch),
+the fast path in pure torch (packed bags of the open keys), and the reference path (every key gathered,
+closed ones weighted 0).
 Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3]``.
 """
 
@@ -26,15 +28,18 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
     module = build_attention("acla", channels, refs, num_keys=keys).to(device).eval()
     query, *reference_maps = (torch.randn(1, channels, height, width, device=device) for _ in range(refs + 1))
     kernel = gather_kernel.load() if device.type == "cpu" else None
-    paths = {"fast, C++ kernel": kernel, "fast, pure torch": None, "reference (dense)": None} if kernel else {
-        "fast, pure torch": None, "reference (dense)": None}
+    paths = {"fused C++ walk": kernel, "fast, C++ gather kernel": kernel, "fast, pure torch": None,
+             "reference (dense)": None} if kernel else {"fast, pure torch": None, "reference (dense)": None}
 
     def call(path: str):
         def step() -> None:
             gather_kernel._kernel = paths[path]
             module.fast = not path.startswith("reference")
+            if path == "fast, C++ gather kernel":  # the module as it was before the fused walk
+                module.runs_fused_inference = lambda query: False
             with torch.inference_mode():
                 module(query, reference_maps)
+            module.__dict__.pop("runs_fused_inference", None)
 
         return step
 
