@@ -487,7 +487,10 @@ def _sweep_sentence(setting: str, points: pd.DataFrame, target: float, start: in
     text = (f"{setting}, budget sweep (the backbone, each budget a whole cosine schedule, Set5 whole images): "
             f"{listed}. SRCNN's published Set5 value is {target:.2f} dB ({source}). ")
     if "reached_at" in where:
-        return text + f"Reached from {where['reached_at']:,} iterations on."
+        budget = where["reached_at"]
+        runs = points[points.iterations == budget]
+        return text + (f"Reached at {budget:,} iterations ({len(runs)} seed{'s' if len(runs) > 1 else ''}, "
+                       f"{runs.seconds.mean() / 60:.1f} min of training per run on this machine).")
     text += f"Not reached by {where['budgets'][-1]:,} iterations ({where['psnr'][-1] - target:+.2f} dB). "
     estimates = []
     for name, label in (("fit", f"the log-linear fit through the budgets from {start:,} on"),

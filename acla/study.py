@@ -220,6 +220,7 @@ class TaskStudy:
         equal, budget)."""
         if not self.settings:
             return self.skip("ablation")
+        start = time.perf_counter()
         iterations = self.config.ablation.iterations
         reuse = iterations in (0, self.config.train.iterations)
         headline = self.config.headline.variants
@@ -230,6 +231,7 @@ class TaskStudy:
             retrained = pd.read_csv(self.reports / "retrain" / "runs.csv")
             trained = pd.concat([retrained[retrained.seed == self.seeds[0]], trained], ignore_index=True)
         self.budget_sweep()
+        save_provenance(self, "ablation", time.perf_counter() - start)  # the step's clock covers the budget sweep
         return write_csv(trained, self.reports / "ablation" / "ablation.csv")
 
     def budget_sweep(self) -> pd.DataFrame:

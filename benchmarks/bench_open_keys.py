@@ -7,7 +7,9 @@ walk (CPU: gates, softmax over the open keys and their bilinear sum in one pass 
 W_z), the fast path with the C++ gather kernel only (it skips weight-0 keys; the gates and softmax in torch),
 the fast path in pure torch (packed bags of the open keys), and the reference path (every key gathered,
 closed ones weighted 0).
-Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3]``.
+``--channels-last``: query and references in channels-last memory, as a channels-last network hands them (the
+fused walk then copies none), results in ``open_keys_<device>_channels_last.csv``.
+Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3] [--channels-last]``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 
 
 def run(device: torch.device, height: int, width: int, channels: int, refs: int, keys: int,
-        repeats: int) -> pd.DataFrame:
+        repeats: int, channels_last: bool = False) -> pd.DataFrame:
     torch.manual_seed(0)
     module = build_attention("acla", channels, refs, num_keys=keys).to(device).eval()
-    query, *reference_maps = (torch.randn(1, channels, height, width, device=device) for _ in range(refs + 1))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    query, *reference_maps = (torch.randn(1, channels, height, width, device=device).contiguous(memory_format=layout)
+                              for _ in range(refs + 1))
     kernel = gather_kernel.load() if device.type == "cpu" else None
     paths = {"fused C++ walk": kernel, "fast, C++ gather kernel": kernel, "fast, pure torch": None,
              "reference (dense)": None} if kernel else {"fast, pure torch": None, "reference (dense)": None}
@@ -55,7 +59,8 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
             for path in paths:
                 rows.append({"path": path, "open_fraction": opened / (refs * keys), "open_keys": opened,
                              "seconds": seconds[path], "size": f"{width}x{height}", "channels": channels,
-                             "refs": refs, "keys": keys, "device": device_name(device)})
+                             "refs": refs, "keys": keys, "device": device_name(device),
+                             "layout": "channels-last" if channels_last else "contiguous (NCHW)"})
                 print(rows[-1], flush=True)
     finally:
         gather_kernel._kernel = kernel
@@ -70,16 +75,18 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--refs", type=int, default=4)
     parser.add_argument("--keys", type=int, default=9)
+    parser.add_argument("--channels-last", action="store_true", help="inputs in channels-last memory")
     args = parser.parse_args()
     device = torch.device(args.device)
-    frame = run(device, args.height, args.width, args.channels, args.refs, args.keys, args.repeats)
-    write_csv(frame, f"open_keys_{device.type}.csv")
+    frame = run(device, args.height, args.width, args.channels, args.refs, args.keys, args.repeats, args.channels_last)
+    suffix = "_channels_last" if args.channels_last else ""
+    write_csv(frame, f"open_keys_{device.type}{suffix}.csv")
     grid = sns.relplot(data=frame, x="open_fraction", y="seconds", hue="path", kind="line", marker="o", height=3.5,
                        aspect=1.5)
     grid.set(ylim=(0, None), xlabel="fraction of open keys", ylabel="module latency (s)")
     grid.figure.suptitle(f"One ACLA module, C={args.channels}, R={args.refs}, K={args.keys}, {args.width}x{args.height};"
-                         f" {frame['device'].iloc[0]}", y=1.03)
-    save_figure(grid.figure, f"open_keys_{device.type}.png")
+                         f" {frame['layout'].iloc[0]} inputs; {frame['device'].iloc[0]}", y=1.03)
+    save_figure(grid.figure, f"open_keys_{device.type}{suffix}.png")
 
 
 if __name__ == "__main__":

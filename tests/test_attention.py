@@ -320,6 +320,23 @@ def test_the_fast_path_counts_the_flops_of_the_reference_path(gather: str) -> No
     assert fast == count_flops(lambda: module(query, refs)) > 0
 
 
+def test_the_fused_inference_counts_its_gather_and_drops_the_value_projections() -> None:
+    if gather_kernel.load() is None:
+        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    channels, refs, queries = 8, 2, 6 * 7
+    module = build_attention("acla", channels, refs, num_keys=9).eval()
+    query, *references = (t.float() for t in maps(1, channels, 6, 7, count=refs + 1))
+    with torch.no_grad():
+        assert module.runs_fused_inference(query)
+        fused = count_flops(lambda: module(query, references))
+        module.fast = False
+        reference = count_flops(lambda: module(query, references))
+    # the same heads and gather; the R value projections go, W_z (C x C) becomes W_z W_v (C x (C + 1)) on the sum,
+    # and W_z W_v is formed once per call (W_z b_v too, a matrix-vector product torch's counter does not count)
+    folded = 2 * channels**3
+    assert fused - reference == -2 * queries * refs * channels**2 + 2 * queries * channels + folded
+
+
 @pytest.mark.parametrize("channels", [6, 16])  # the kernel's generic loop and its unrolled one
 @pytest.mark.parametrize("logits", ["predicted", "dot"])
 def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str, gather: str, channels: int) -> None:

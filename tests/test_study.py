@@ -126,12 +126,18 @@ def test_the_budget_sweep_trains_the_backbone_at_each_budget_beside_the_headline
     assert (tmp_path / "runs" / "ci" / "sr" / "ablation" / "budget" / "it2" / "sr_x2" / "backbone" / "seed0" / "last.pt").is_file()
     curves = pd.read_csv(study.reports / "ablation" / "budget_curves.csv")
     assert set(curves.metric) >= {"train/loss", "val/psnr"}
+    study.ablate()  # the ablation step runs the sweep, and its clock covers it
+    swept = pd.read_csv(study.reports / "ablation" / "budget.csv")
+    provenance = json.loads((study.reports / "ablation" / "provenance.json").read_text())
+    assert provenance["wall_seconds"] >= swept[swept.source == "ablation"].seconds.sum() - 0.1  # rounded to 0.1 s
 
 
 def test_the_budget_fit_says_when_a_target_is_reached_and_otherwise_bounds_the_budget_it_needs() -> None:
     points = pd.DataFrame({"iterations": [300, 600, 600, 1200, 2400], "val_psnr": [34.0, 35.0, 35.2, 35.6, 36.0],
                            "seed": [0, 0, 1, 0, 0], "seconds": [30, 60, 60, 120, 240.0]})
     assert budget_fit(points, 35.5, 600)["reached_at"] == 1200
+    assert "Reached at 1,200 iterations (1 seed, 2.0 min of training per run" in _sweep_sentence("sr_x2", points, 35.5,
+                                                                                                600, "a source")
     where = budget_fit(points, 37.0, 600)
     assert where["psnr"][1] == pytest.approx(35.1)  # seeds averaged
     assert where["last_pair_db_per_doubling"] == pytest.approx(0.4)

@@ -592,6 +592,14 @@ def _kernel_gather_flops(positions_shape, weights_shape, maps_shapes, *args, out
     return 2 * 4 * math.prod(positions_shape[:-1]) * maps_shapes[0][-1]
 
 
+@register_flop_formula(torch.ops.acla.acla_inference)
+def _kernel_inference_flops(maps_shapes, heads_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
+    """The fused walk's gather, counted as ``bilinear_gather``'s: 4 taps per key, closed ones included (the
+    projections around it are counted as the matrix products they are)."""
+    keys = len(maps_shapes) * grid_shape[0]
+    return 2 * 4 * math.prod(heads_shape[:3]) * keys * maps_shapes[0][-1]
+
+
 @register_flop_formula(torch.ops.acla.bilinear_gather_backward)
 def _kernel_gather_backward_flops(positions_shape, weights_shape, maps_shapes, grad_shape, *args, out_shape=None,
                                   **kwargs) -> int:
