@@ -306,11 +306,17 @@ def budget_to_reach(curves: pd.DataFrame, target: float) -> dict:
         return result | {"reached_at": int(reached.index[0])}
     half = curve[curve.index >= curve.index[-1] / 2]
     if len(half) >= 2:
-        slope, intercept = np.polyfit(np.log(half.index.to_numpy(dtype=float)), half.to_numpy(), 1)
-        if slope > 0:
-            result["extrapolated_step"] = float(np.exp((target - intercept) / slope))
-        result["db_per_doubling"] = float(slope * np.log(2))
+        result["db_per_doubling"], reach = log_linear_reach(half, target)
+        if reach is not None:
+            result["extrapolated_step"] = reach
     return result
+
+
+def log_linear_reach(psnr: pd.Series, target: float) -> tuple[float, float | None]:
+    """The least-squares line of PSNR (values) against log2 of its index (steps or budgets): its gain per doubling
+    and the step at which it reaches ``target`` (None when the line does not rise)."""
+    slope, intercept = np.polyfit(np.log2(psnr.index.to_numpy(dtype=float)), psnr.to_numpy(), 1)
+    return float(slope), (float(2 ** ((target - intercept) / slope)) if slope > 0 else None)
 
 
 def budget_fit(points: pd.DataFrame, target: float, start: int) -> dict:
@@ -329,10 +335,9 @@ def budget_fit(points: pd.DataFrame, target: float, start: int) -> dict:
     for name, part in (("fit", upper), ("last_pair", means.iloc[-2:])):
         if len(part) < 2:
             continue
-        slope, intercept = np.polyfit(np.log2(part.index.to_numpy(dtype=float)), part.to_numpy(), 1)
-        result[f"{name}_db_per_doubling"] = float(slope)
-        if slope > 0:
-            result[f"{name}_budget"] = float(2 ** ((target - intercept) / slope))
+        result[f"{name}_db_per_doubling"], reach = log_linear_reach(part, target)
+        if reach is not None:
+            result[f"{name}_budget"] = reach
     return result
 
 

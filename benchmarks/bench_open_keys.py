@@ -14,12 +14,21 @@ Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3] [--c
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pandas as pd
 import seaborn as sns
 import torch
 
 from acla.models import build_attention, gather_kernel
-from benchmarks.common import device_name, inference_arguments, interleaved_seconds, save_figure, write_csv
+from benchmarks.common import (
+    device_name,
+    inference_arguments,
+    interleaved_seconds,
+    save_figure,
+    without_fused_walk,
+    write_csv,
+)
 
 FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -39,11 +48,8 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
         def step() -> None:
             gather_kernel._kernel = paths[path]
             module.fast = not path.startswith("reference")
-            if path == "fast, C++ gather kernel":  # the module as it was before the fused walk
-                module.runs_fused_inference = lambda query: False
-            with torch.inference_mode():
+            with without_fused_walk() if path == "fast, C++ gather kernel" else nullcontext(), torch.inference_mode():
                 module(query, reference_maps)
-            module.__dict__.pop("runs_fused_inference", None)
 
         return step
 

@@ -11,13 +11,15 @@ Usage: ``ACLA_DATA=... python -m benchmarks.bench_trained [--profile cpu] [--run
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pandas as pd
 import torch
 
 from acla.efficiency import count_flops
 from acla.models.attention import SampledCrossLayerAttention
 from acla.study import open_task
-from benchmarks.common import device_name, inference_arguments, interleaved_seconds, write_csv
+from benchmarks.common import device_name, inference_arguments, interleaved_seconds, without_fused_walk, write_csv
 
 
 def run(profile: str, runs: str, height: int, width: int, repeats: int) -> pd.DataFrame:
@@ -25,16 +27,11 @@ def run(profile: str, runs: str, height: int, width: int, repeats: int) -> pd.Da
     setting = study.settings[0]
     backbone, acla = study.model(setting, "backbone"), study.model(setting, "acla")
     x = torch.rand(1, 3, height, width)
-    fused = SampledCrossLayerAttention.runs_fused_inference
 
     def forward(model: torch.nn.Module, fused_walk: bool = True):
         def step() -> None:
-            SampledCrossLayerAttention.runs_fused_inference = fused if fused_walk else (lambda self, query: False)
-            try:
-                with torch.inference_mode():
-                    model(x)
-            finally:
-                SampledCrossLayerAttention.runs_fused_inference = fused
+            with nullcontext() if fused_walk else without_fused_walk(), torch.inference_mode():
+                model(x)
 
         return step
 

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +64,20 @@ def gather_implementation(device: torch.device) -> str:
     from acla.models import gather_kernel
 
     return "C++ kernel" if device.type == "cpu" and gather_kernel.load() is not None else "pure torch"
+
+
+@contextmanager
+def without_fused_walk():
+    """ACLA as it ran before the fused inference walk: every module on the gather-kernel path (gates and softmax
+    in torch), so that a benchmark can time both paths on the same weights."""
+    from acla.models.attention import SampledCrossLayerAttention
+
+    fused = SampledCrossLayerAttention.runs_fused_inference
+    SampledCrossLayerAttention.runs_fused_inference = lambda self, query: False
+    try:
+        yield
+    finally:
+        SampledCrossLayerAttention.runs_fused_inference = fused
 
 
 def forward_backward(module: torch.nn.Module, inputs: list[torch.Tensor]):

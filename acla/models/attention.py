@@ -298,8 +298,8 @@ class SampledCrossLayerAttention(AttentionBase):
         W_v into W_z; the other paths give the same numbers up to float rounding (a test, float64).
         """
         rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
-        heads = self.project_query(rows).contiguous()  # (S1) offsets, (S3) logits, (S6) gate scores
-        maps = [ref.permute(0, 2, 3, 1).contiguous() for ref in refs]  # raw F^r as rows
+        heads = self.project_query(rows)  # (S1) offsets, (S3) logits, (S6) gate scores
+        maps = [ref.permute(0, 2, 3, 1) for ref in refs]  # raw F^r as rows (the op makes them contiguous)
         summed, counts = kernel_inference(maps, heads, self.grid.to(query.dtype))
         w_z = self.output.weight.flatten(1)
         weight = torch.cat([w_z @ self.value.weight.flatten(1), (w_z @ self.value.bias).unsqueeze(1)], dim=1)
