@@ -72,12 +72,12 @@ def without_fused_walk():
     in torch), so that a benchmark can time both paths on the same weights."""
     from acla.models.attention import SampledCrossLayerAttention
 
-    fused = SampledCrossLayerAttention.runs_fused_inference
-    SampledCrossLayerAttention.runs_fused_inference = lambda self, query: False
+    fused = SampledCrossLayerAttention.runs_fused_walk
+    SampledCrossLayerAttention.runs_fused_walk = lambda self, query: False
     try:
         yield
     finally:
-        SampledCrossLayerAttention.runs_fused_inference = fused
+        SampledCrossLayerAttention.runs_fused_walk = fused
 
 
 def forward_backward(module: torch.nn.Module, inputs: list[torch.Tensor]):

@@ -206,9 +206,10 @@ def test_a_higher_budget_weight_opens_fewer_keys() -> None:
     assert high < low - 2, f"open keys: budget 0 -> {low:.2f}, budget 2 -> {high:.2f}"
 
 
-def test_gradcheck_of_a_tiny_acla_in_float64() -> None:
+@pytest.mark.parametrize("logits", ["predicted", "dot"])  # predicted: the fused walk where the kernel builds
+def test_gradcheck_of_a_tiny_acla_in_float64(logits: str) -> None:
     torch.manual_seed(0)
-    module = build_attention("acla", 3, 2, num_keys=4, logits="dot").double().eval()
+    module = build_attention("acla", 3, 2, num_keys=4, logits=logits).double().eval()
     randomise(module, 7)
     with torch.no_grad():  # keep sampling positions away from pixel boundaries (bilinear kinks)
         module.offset.bias.add_(0.25)
@@ -296,45 +297,49 @@ def test_the_kernel_op_passes_opcheck() -> None:
     maps = [torch.randn(1, 3, 4, 5, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(2)]
     torch.library.opcheck(attention.kernel_gather, (positions, weights, maps))  # weighted sums
     torch.library.opcheck(attention.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
-    heads = torch.randn(1, 3, 4, 4 * 2 * 4, generator=generator, dtype=torch.float64)  # ACLA's fused inference
-    torch.library.opcheck(attention.kernel_inference, ([m.detach() for m in maps], heads, attention.key_grid(4).double()))
+    grid = attention.key_grid(4).double()
+    for gated in (False, True):  # the fused walk: CLA's heads, ACLA's, with and without relaxed training gates
+        heads = torch.randn(1, 3, 4, (4 if gated else 3) * 2 * 4, generator=generator, dtype=torch.float64)
+        relaxed = [heads.new_empty(0)] + ([torch.rand(1, 3, 4, 2 * 4, generator=generator, dtype=torch.float64)
+                                           .requires_grad_()] if gated else [])
+        for gates in relaxed:
+            torch.library.opcheck(attention.kernel_attend, (maps, heads.requires_grad_(), gates, grid, gated))
 
 
-def test_compiled_acla_inference_keeps_the_fused_kernel_and_its_numbers() -> None:
+def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:
     if gather_kernel.load() is None:
         pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
     module = randomise(build_attention("acla", 16, 2, num_keys=9, gate_bias=0.0), 17).eval()
     query, *refs = (t.float() for t in maps(1, 16, 6, 7, count=3, seed=18))
     with torch.no_grad():
-        assert module.runs_fused_inference(query)
+        assert module.runs_fused_walk(query)
         eager = module(query, refs)
         compiled = torch.compile(module, fullgraph=True)(query, refs)
     assert torch.allclose(compiled, eager, atol=1e-5)
 
 
-def test_the_fast_path_counts_the_flops_of_the_reference_path(gather: str) -> None:
-    module = build_attention("cla", 8, 2, num_keys=9).train()  # training: every key gathered on both paths
-    query, *refs = (t.float() for t in maps(2, 8, 6, 7, count=3))
-    fast = count_flops(lambda: module(query, refs))
-    module.fast = False
-    assert fast == count_flops(lambda: module(query, refs)) > 0
-
-
-def test_the_fused_inference_counts_its_gather_and_drops_the_value_projections() -> None:
-    if gather_kernel.load() is None:
-        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
-    channels, refs, queries = 8, 2, 6 * 7
-    module = build_attention("acla", channels, refs, num_keys=9).eval()
-    query, *references = (t.float() for t in maps(1, channels, 6, 7, count=refs + 1))
+# dot logits at inference are left out: the packed open-key bags take their dot products elementwise (uncounted)
+@pytest.mark.parametrize(("logits", "training"), [("predicted", True), ("predicted", False), ("dot", True)])
+@pytest.mark.parametrize("name", ["cla", "acla"])
+def test_the_fast_path_counts_the_flops_of_the_reference_path(name: str, logits: str, training: bool,
+                                                              gather: str) -> None:
+    channels, refs, queries = 8, 2, 2 * 6 * 7
+    module = build_attention(name, channels, refs, num_keys=9, logits=logits, gate_bias=5.0).train(training)
+    query, *references = (t.float() for t in maps(2, channels, 6, 7, count=refs + 1))
     with torch.no_grad():
-        assert module.runs_fused_inference(query)
-        fused = count_flops(lambda: module(query, references))
+        fast = count_flops(lambda: module(query, references))
+        fused = module.runs_fused_walk(query)
         module.fast = False
         reference = count_flops(lambda: module(query, references))
-    # the same heads and gather; the R value projections go, W_z (C x C) becomes W_z W_v (C x (C + 1)) on the sum,
-    # and W_z W_v is formed once per call (W_z b_v too, a matrix-vector product torch's counter does not count)
-    folded = 2 * channels**3
-    assert fused - reference == -2 * queries * refs * channels**2 + 2 * queries * channels + folded
+    assert fused == (logits == "predicted" and gather == "kernel")
+    # the gathers count alike (4 taps per key, closed ones included). The fused walk drops the R value projections;
+    # W_z (C x C) becomes W_z W_v (C x (C + 1)) on the sum, and W_z W_v is formed once per call (W_z b_v too, a
+    # matrix-vector product torch's counter does not count). Its softmax counts 5 per key, as CLA's ``_softmax``
+    # does on the reference path; ACLA's reference softmax is elementwise ops that the counter does not count.
+    folded = -2 * queries * refs * channels**2 + 2 * queries * channels + 2 * channels**3
+    uncounted_softmax = 5 * queries * refs * 9 if name == "acla" else 0
+    assert fast - reference == (folded + uncounted_softmax if fused else 0)
+    assert reference > 0
 
 
 @pytest.mark.parametrize("channels", [6, 16])  # the kernel's generic loop and its unrolled one
@@ -347,7 +352,7 @@ def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str,
     with torch.no_grad():
         assert module.skips_closed_keys()
         # predicted logits with the kernel: the one-walk inference kernel, W_v folded into W_z
-        assert module.runs_fused_inference(query) == (logits == "predicted" and gather == "kernel")
+        assert module.runs_fused_walk(query) == (logits == "predicted" and gather == "kernel")
         skipping = module(query, refs)
         counts, budget = module.open_key_counts.clone(), module.key_budget.clone()
         module.fast = False

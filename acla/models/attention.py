@@ -19,13 +19,14 @@ Sampling is vectorised over references and keys, never a Python loop over keys. 
 same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and gradients equal in float64):
 
 * the fast path (default): the 1x1 projections as matrix products on channels-last rows (the query's
-  heads in one), and ``bilinear_gather``: on CPU the C++ kernel of ``gather_kernel`` (one walk over the
-  taps, forward and backward; registered as the custom op ``acla::bilinear_gather`` so that
-  ``torch.compile`` keeps it), or, where no compiler builds it, pure torch (taps per corner, one autograd
-  node with a hand-written backward). At inference with deterministic gates, closed keys are never
-  gathered: the kernel skips weight-0 keys, the pure-torch path packs each query's open keys into one bag;
-  ACLA with predicted logits runs the whole module as one kernel walk per query (``fused_inference``:
-  gates, softmax over the open keys, the open keys' bilinear sum, W_v folded into W_z).
+  heads in one), the output in the query's memory layout. With predicted logits on CPU, where the C++
+  kernel of ``gather_kernel`` builds, CLA and ACLA run as one kernel walk per query, forward and backward,
+  training and inference (``fused_walk``, the custom op ``acla::attend`` so that ``torch.compile`` keeps
+  it): gates, the softmax over the open keys, the open keys' bilinear sum, W_v folded into W_z. Otherwise
+  ``bilinear_gather``: on CPU the kernel's gather walk (custom op ``acla::bilinear_gather``), or, where no
+  compiler builds it (or on CUDA), pure torch (taps per corner, one autograd node with a hand-written
+  backward). At inference with deterministic gates, closed keys are never gathered: the kernels skip them,
+  the pure-torch path packs each query's open keys into one bag.
 * the reference path (``fast=False``): 1x1 convolutions, the four bilinear taps of every key as rows of a
   channels-last table and one ``F.embedding_bag`` with the attention and bilinear weights fused, autograd
   through every op (``benchmarks/bench_sampling.py`` compares the formulations, with one batched
@@ -234,8 +235,7 @@ class SampledCrossLayerAttention(AttentionBase):
         """(S6)-(S7) gates (B, H, W, R*K) from the gate logits ``scores`` s (B, H, W, R*K)."""
         self.key_budget = torch.sigmoid(scores.float()).mean()  # (S8) expected fraction of open keys
         if self.training:
-            noise = torch.logit(torch.rand_like(scores), eps=1e-6)  # logistic noise log u - log(1 - u)
-            relaxed = torch.sigmoid((scores + noise) / self.temperature)
+            relaxed = self.relaxed_gates(scores)
             hard = relaxed > 0.5
         else:
             relaxed, hard = None, scores > 0  # deterministic at inference
@@ -243,6 +243,11 @@ class SampledCrossLayerAttention(AttentionBase):
         if relaxed is None:
             return hard.to(scores.dtype)
         return hard.to(scores.dtype) + (relaxed - relaxed.detach())  # straight-through, exactly 0/1 forward
+
+    def relaxed_gates(self, scores: torch.Tensor) -> torch.Tensor:
+        """(S6) the relaxed training gates sigmoid((s + n) / tau), n logistic noise log u - log(1 - u)."""
+        noise = torch.logit(torch.rand_like(scores), eps=1e-6)
+        return torch.sigmoid((scores + noise) / self.temperature)
 
     def skips_closed_keys(self) -> bool:
         """Whether this call gathers the open keys only: deterministic gates, nothing to differentiate, eager."""
@@ -279,34 +284,40 @@ class SampledCrossLayerAttention(AttentionBase):
         heads = self.query_heads()
         return F.linear(rows, torch.cat([head.weight.flatten(1) for head in heads]), torch.cat([head.bias for head in heads]))
 
-    def runs_fused_inference(self, query: torch.Tensor) -> bool:
-        """Whether this call takes ``fused_inference``: ACLA with predicted logits at inference (deterministic gates,
-        no autograd; eager or compiled: the kernel is a custom op), on CPU in float32/float64, where the C++ kernel
-        builds."""
-        return (self.adaptive and self.logit_form == "predicted" and self.fast and not self.training
-                and not torch.is_grad_enabled() and query.device.type == "cpu"
+    def runs_fused_walk(self, query: torch.Tensor) -> bool:
+        """Whether this call takes ``fused_walk``: predicted logits (CLA or ACLA) on the fast path, on CPU in
+        float32/float64, where the C++ kernel builds; training or inference, eager or compiled (the kernel is a
+        custom op with its own backward)."""
+        return (self.logit_form == "predicted" and self.fast and query.device.type == "cpu"
                 and query.dtype in (torch.float32, torch.float64) and gather_kernel.load() is not None)
 
-    def fused_inference(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
-        """(S1)-(S7) at inference in one walk of the C++ kernel (``gather_kernel``'s ``acla_inference``): per query,
-        the gates, the softmax over the open keys and the weighted bilinear sum of the open keys only.
+    def fused_walk(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        """(S1)-(S7) in one walk of the C++ kernel per query (``kernel_attend``), forward and backward: the gates,
+        the softmax over the open keys and the weighted bilinear sum of the open keys only (closed keys are read
+        only by the backward of training gates, for their straight-through gradient).
 
         W_v is shared by the references (S2) and (S5) is linear in the values, so the kernel gathers the raw
         reference features and W_z W_v is applied once to the sum:
             sum_{r,k} a Bilinear(W_v F^r + b_v) = W_v sum_{r,k} a Bilinear(F^r) + b_v sum_{r,k} a m_{r,k},
-        with m the key's in-map bilinear weight (zero padding). That saves the R value projections and folds
-        W_v into W_z; the other paths give the same numbers up to float rounding (a test, float64).
+        with m the key's in-map bilinear weight (zero padding). That saves the R value projections (and their
+        gradients) and folds W_v into W_z; the reference path gives the same numbers up to float rounding (tests,
+        float64, outputs and gradients).
         """
         rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
         heads = self.project_query(rows)  # (S1) offsets, (S3) logits, (S6) gate scores
+        relaxed = heads.new_empty(0)
+        if self.adaptive:
+            scores = heads[..., -self.keys_per_query:]
+            self.key_budget = torch.sigmoid(scores.float()).mean()  # (S8)
+            if self.training:  # (S6) the kernel opens relaxed > 1/2; the gates' gradient reaches s through relaxed
+                relaxed = self.relaxed_gates(scores)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]  # raw F^r as rows (the op makes them contiguous)
-        summed, counts = kernel_inference(maps, heads, self.grid.to(query.dtype))
+        summed, counts, _ = kernel_attend(maps, heads, relaxed, self.grid.to(query.dtype), self.adaptive)
         w_z = self.output.weight.flatten(1)
         weight = torch.cat([w_z @ self.value.weight.flatten(1), (w_z @ self.value.bias).unsqueeze(1)], dim=1)
         self.open_key_counts = counts  # (S7)
         self.open_keys = counts.float().mean()
-        self.key_budget = torch.sigmoid(heads[..., -self.keys_per_query:].float()).mean()  # (S8)
-        return F.linear(summed, weight, self.output.bias).permute(0, 3, 1, 2)  # (S5) W_z W_v, channels-last memory
+        return linear_in_layout_of(query, summed, weight, self.output.bias)  # (S5) W_z W_v
 
     def keys(self, values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """(S3) W_k on the values, in their layout (``projections``)."""
@@ -314,8 +325,8 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         self._check_refs(query, refs, self.num_refs)
-        if self.runs_fused_inference(query):
-            return self.fused_inference(query, refs)
+        if self.runs_fused_walk(query):
+            return self.fused_walk(query, refs)
         batch, _, height, width = query.shape
         # Channels-last rows throughout: (B, H, W, c) memory is the layout the per-query gathers read.
         offsets, head, scores, values = self.projections(query, refs)  # (S1), (S3), (S6), (S2) V^r
@@ -361,8 +372,8 @@ class SampledCrossLayerAttention(AttentionBase):
 
         weights = weights.view(batch, height, width, self.num_refs, self.num_keys)
         aggregated = aggregate(values, weights)  # (S5) (B, H, W, Cv)
-        if self.fast:  # (S5) W_z on the rows; the result keeps channels-last memory
-            return rows_linear(self.output, aggregated).permute(0, 3, 1, 2)
+        if self.fast:  # (S5) W_z on the rows, the result in the query's memory layout
+            return linear_in_layout_of(query, aggregated, self.output.weight.flatten(1), self.output.bias)
         output_format = torch.channels_last if query.is_contiguous(memory_format=torch.channels_last) else (
             torch.contiguous_format
         )
@@ -372,6 +383,21 @@ class SampledCrossLayerAttention(AttentionBase):
 def rows_linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution applied to channels-last rows (..., C_in) -> (..., C_out): one matrix product."""
     return F.linear(rows, conv.weight.flatten(1), conv.bias)
+
+
+def linear_in_layout_of(query: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor) -> torch.Tensor:
+    """A 1x1 projection of channels-last rows (B, H, W, c_in) -> (B, c_out, H, W) in ``query``'s memory layout.
+
+    The block adds the result to the query, and on CPU an add of an NCHW and a channels-last tensor costs several
+    times one of a single layout (15 vs 2 ms at 64 x 320 x 180): NCHW queries get W rows^T per image, written
+    NCHW; channels-last queries get the rows' own layout.
+    """
+    if query.is_contiguous() and not query.is_contiguous(memory_format=torch.channels_last):
+        batch, height, width, _ = rows.shape
+        columns = torch.baddbmm(bias.view(1, -1, 1), weight.expand(batch, -1, -1), rows.flatten(1, 2).transpose(1, 2))
+        return columns.view(batch, -1, height, width)
+    return F.linear(rows, weight, bias).permute(0, 3, 1, 2)
 
 
 def as_table(maps: torch.Tensor) -> torch.Tensor:
@@ -552,18 +578,60 @@ def kernel_gather_backward(positions: torch.Tensor, weights: torch.Tensor, maps:
     return [*grad_maps, grad_positions, grad_weights if weights.numel() else weights.new_empty(0)]
 
 
-@torch.library.custom_op("acla::acla_inference", mutates_args=())
-def kernel_inference(maps: list[torch.Tensor], heads: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``SampledCrossLayerAttention.fused_inference``'s kernel walk: raw reference rows R x (B, H, W, C), the query's
-    heads (B, H, W, 4*R*K), the key grid (K, 2) -> sums (B, H, W, C + 1) and open-key counts (B, H, W). A custom
-    op, so that ``torch.compile`` keeps it whole; inference only (no autograd)."""
-    return tuple(gather_kernel.load().acla_inference([rows.contiguous() for rows in maps], heads.contiguous(),
-                                                     grid.contiguous()))
+@torch.library.custom_op("acla::attend", mutates_args=())
+def kernel_attend(maps: list[torch.Tensor], heads: torch.Tensor, relaxed: torch.Tensor, grid: torch.Tensor,
+                  gated: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``SampledCrossLayerAttention.fused_walk``'s kernel walk: raw reference rows R x (B, H, W, C), the query's heads
+    (B, H, W, (3 or 4)*R*K; 4 with gates), the relaxed training gates (B, H, W, R*K) or empty, the key grid (K, 2) ->
+    the weighted sums (B, H, W, C + 1), the open-key counts (B, H, W) and the softmax weights (B, H, W, R*K; what the
+    backward reads). A custom op, so that ``torch.compile`` keeps it whole; its backward is
+    ``kernel_attend_backward``."""
+    return tuple(gather_kernel.load().attend_forward([rows.contiguous() for rows in maps], heads.contiguous(),
+                                                     relaxed.contiguous(), grid.contiguous(), gated))
 
 
-@kernel_inference.register_fake
-def _(maps, heads, grid):
-    return heads.new_empty((*heads.shape[:3], maps[0].shape[-1] + 1)), heads.new_empty(heads.shape[:3])
+@kernel_attend.register_fake
+def _(maps, heads, relaxed, grid, gated):
+    keys = len(maps) * grid.shape[0]
+    return (heads.new_empty((*heads.shape[:3], maps[0].shape[-1] + 1)), heads.new_empty(heads.shape[:3]),
+            heads.new_empty((*heads.shape[:3], keys)))
+
+
+@torch.library.custom_op("acla::attend_backward", mutates_args=())
+def kernel_attend_backward(maps: list[torch.Tensor], heads: torch.Tensor, softmax: torch.Tensor, grid: torch.Tensor,
+                           gated: bool, grad: torch.Tensor, need_maps: bool, need_relaxed: bool) -> list[torch.Tensor]:
+    """Gradients of ``kernel_attend`` for its sums' gradient ``grad``, from its softmax weights: the R maps' (when
+    ``need_maps``), the heads' (zero for the gate scores) and the relaxed gates' (empty unless ``need_relaxed``)."""
+    return gather_kernel.load().attend_backward([rows.contiguous() for rows in maps], heads.contiguous(),
+                                                softmax.contiguous(), grid.contiguous(), gated, grad.contiguous(),
+                                                need_maps, need_relaxed)
+
+
+@kernel_attend_backward.register_fake
+def _(maps, heads, softmax, grid, gated, grad, need_maps, need_relaxed):
+    # the kernel writes contiguous gradients, whatever the strides of its inputs
+    return [*(rows.new_empty(rows.shape) for rows in (*(maps if need_maps else []), heads)),
+            softmax.new_empty(softmax.shape if need_relaxed else (0,))]
+
+
+def _save_attend_inputs(ctx, inputs, output) -> None:
+    maps, heads, relaxed, grid, gated = inputs
+    ctx.save_for_backward(heads, output[2], grid, *maps)
+    ctx.gated = gated
+    ctx.mark_non_differentiable(output[1], output[2])  # the open-key counts, the softmax weights
+
+
+def _kernel_attend_gradients(ctx, grad, _grad_counts, _grad_softmax):
+    heads, softmax, grid, *maps = ctx.saved_tensors
+    need_maps = any(ctx.needs_input_grad[0])  # one flag per map
+    need_relaxed = ctx.needs_input_grad[2]
+    *grad_maps, grad_heads, grad_relaxed = kernel_attend_backward(maps, heads, softmax, grid, ctx.gated, grad,
+                                                                  need_maps, need_relaxed)
+    return (grad_maps if need_maps else [None] * len(maps), grad_heads, grad_relaxed if need_relaxed else None,
+            None, None)
+
+
+kernel_attend.register_autograd(_kernel_attend_gradients, setup_context=_save_attend_inputs)
 
 
 @kernel_gather_backward.register_fake
@@ -592,12 +660,20 @@ def _kernel_gather_flops(positions_shape, weights_shape, maps_shapes, *args, out
     return 2 * 4 * math.prod(positions_shape[:-1]) * maps_shapes[0][-1]
 
 
-@register_flop_formula(torch.ops.acla.acla_inference)
-def _kernel_inference_flops(maps_shapes, heads_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
-    """The fused walk's gather, counted as ``bilinear_gather``'s: 4 taps per key, closed ones included (the
-    projections around it are counted as the matrix products they are)."""
+@register_flop_formula(torch.ops.acla.attend)
+def _kernel_attend_flops(maps_shapes, heads_shape, relaxed_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
+    """The fused walk's gather, counted as ``bilinear_gather``'s (4 taps per key, closed ones included), and its
+    softmax, counted as ``acla.efficiency`` counts ``_softmax`` (5 per key); the projections around it are counted
+    as the matrix products they are."""
     keys = len(maps_shapes) * grid_shape[0]
-    return 2 * 4 * math.prod(heads_shape[:3]) * keys * maps_shapes[0][-1]
+    return math.prod(heads_shape[:3]) * keys * (2 * 4 * maps_shapes[0][-1] + 5)
+
+
+@register_flop_formula(torch.ops.acla.attend_backward)
+def _kernel_attend_backward_flops(maps_shapes, heads_shape, softmax_shape, grid_shape, *args, out_shape=None,
+                                  **kwargs) -> int:
+    """A dot product and a scatter per tap, and the softmax's gradient: twice the forward."""
+    return 2 * _kernel_attend_flops(maps_shapes, heads_shape, softmax_shape, grid_shape)
 
 
 @register_flop_formula(torch.ops.acla.bilinear_gather_backward)

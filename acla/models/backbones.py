@@ -134,6 +134,9 @@ class RestorationNet(nn.Module):
              for location, refs in self.references.items()}
         )
         self.needed_layers = {j for refs in self.references.values() for j in refs}
+        # The sampled modules read their references as channels-last rows: each kept layer is laid out so once,
+        # not once per module that reads it (a no-op when the model already runs channels-last).
+        self.reference_format = torch.channels_last if attention in ("cla", "acla") else torch.contiguous_format
         # Search (spec section 4): one architecture parameter per location; block output F + sigmoid(alpha) O.
         self.alpha = nn.Parameter(torch.zeros(len(self.references))) if search else None
         self.alpha_index = {location: index for index, location in enumerate(sorted(self.references))}
@@ -146,12 +149,13 @@ class RestorationNet(nn.Module):
         if self.mean_shift:
             x = x - self.rgb_mean.to(x.dtype)
         head = self.head(x)
-        layers = {0: head}  # F^j kept only where a module will read it
+        layers = {0: head.contiguous(memory_format=self.reference_format)} if 0 in self.needed_layers else {}
+        # F^j kept only where a module reads it
         features = head
         for index, block in enumerate(self.blocks, start=1):
             features = block(features)
             if index in self.needed_layers:
-                layers[index] = features
+                layers[index] = features.contiguous(memory_format=self.reference_format)
             module = self.attention[str(index)] if str(index) in self.attention else None
             if module is not None:
                 residual = module(features, [layers[j] for j in self.references[index]])

@@ -139,42 +139,61 @@ void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* p
   });
 }
 
-// ACLA at inference, (S1)-(S7) for one query per iteration: heads (B, H, W, 4*R*K) are the query's projections
-// (offsets x, y per key; logits; gate scores), maps[r] the raw reference r (B*H*W, C), grid (K, 2) the keys' fixed
-// offsets. Gates are s > 0 with the best-scored key always open; the softmax runs over the open keys only; the
-// open keys' bilinear samples of the raw maps are summed with those weights into out[q, :C], and the weights times
-// the in-map bilinear mass into out[q, C] (W_v's bias reaches the output through it). counts[q]: open keys.
-// Only open keys cost an exp: closed ones are skipped before the softmax.
+// (S3)-(S7) for one query: the softmax weight of each of its M = R*K keys, from its logits and, with gates, its gate
+// scores s. Gates: s > 0 at inference; in training the hard sample relaxed > 1/2 of the relaxed gate
+// sigmoid((s + n) / tau) (computed by torch, which also takes its gradient). The best-scored key is always open. The
+// softmax runs over the open keys only: a closed key weighs 0 and, at inference, costs no exp. Without gates (CLA)
+// every key is open: the plain softmax (S4). With training gates a closed key's entry is minus the weight it would
+// have if it opened, exp(min(e - top, 0)) / total, which is what the straight-through gradient needs (the backward
+// reads the sign: open or closed).
+template <typename scalar_t>
+int64_t key_weights(const scalar_t* logits, const scalar_t* scores, const scalar_t* relaxed, int64_t count,
+                    scalar_t* weight) {
+  int64_t best = 0, open = 0;
+  if (scores) for (int64_t m = 1; m < count; ++m) if (scores[m] > scores[best]) best = m;  // first maximum, as argmax
+  scalar_t top = -std::numeric_limits<scalar_t>::infinity(), total = 0;
+  for (int64_t m = 0; m < count; ++m) {
+    const bool is_open = !scores || m == best || (relaxed ? relaxed[m] > scalar_t(0.5) : scores[m] > 0);
+    weight[m] = is_open;
+    if (is_open) { ++open; top = std::max(top, logits[m]); }
+  }
+  for (int64_t m = 0; m < count; ++m) {
+    if (weight[m] != 0) total += weight[m] = std::exp(std::min(logits[m] - top, scalar_t(0)));
+    else if (relaxed) weight[m] = -std::exp(std::min(logits[m] - top, scalar_t(0)));
+  }
+  for (int64_t m = 0; m < count; ++m) weight[m] /= total;
+  return open;
+}
+
+// CLA/ACLA with predicted logits, (S1)-(S7), one query per iteration. heads (B, H, W, (3 or 4)*R*K): the query's
+// offsets (x, y per key), logits and, when gated, gate scores; maps[r]: the raw reference r (B*H*W, C); grid (K, 2):
+// the keys' fixed offsets; relaxed (B, H, W, R*K): the relaxed training gates, or null. The open keys' bilinear
+// samples of the raw maps are summed with their weights into out[q, :C], and the weights times each key's in-map
+// bilinear mass into out[q, C] (W_v's bias reaches the output through it: W_v is applied to the sum, outside).
+// counts[q]: the open keys; softmax (B, H, W, R*K): the weights of ``key_weights``, kept for the backward.
 template <typename scalar_t, int FIXED_CHANNELS>
-void inference_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* heads, const scalar_t* grid,
-                      scalar_t* __restrict__ out, scalar_t* counts, int64_t batch,
-                      int64_t height, int64_t width, int64_t keys, int64_t runtime_channels) {
+void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* heads, const scalar_t* relaxed,
+                           const scalar_t* grid, bool gated, scalar_t* __restrict__ out, scalar_t* counts,
+                           scalar_t* softmax, int64_t batch, int64_t height, int64_t width, int64_t keys,
+                           int64_t runtime_channels) {
   const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
+  const int64_t head_width = (gated ? 4 : 3) * per_query;
   at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> weight(per_query);
     std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
     for (int64_t q = begin; q < end; ++q) {
-      const scalar_t* offsets = heads + q * 4 * per_query;
-      const scalar_t* logits = offsets + 2 * per_query;
-      const scalar_t* scores = logits + per_query;
-      int64_t best = 0;
-      for (int64_t m = 1; m < per_query; ++m) if (scores[m] > scores[best]) best = m;  // first maximum, as argmax
-      scalar_t top = -std::numeric_limits<scalar_t>::infinity();
-      int64_t open = 0;
-      for (int64_t m = 0; m < per_query; ++m) {
-        if (scores[m] > 0 || m == best) { ++open; top = std::max(top, logits[m]); weight[m] = 1; } else { weight[m] = 0; }
-      }
-      scalar_t total = 0;
-      for (int64_t m = 0; m < per_query; ++m) if (weight[m] != 0) total += weight[m] = std::exp(std::min(logits[m] - top, scalar_t(0)));
+      const scalar_t* offsets = heads + q * head_width;
+      scalar_t* weight = softmax + q * per_query;
+      counts[q] = scalar_t(key_weights(offsets + 2 * per_query, gated ? offsets + 3 * per_query : nullptr,
+                                       relaxed ? relaxed + q * per_query : nullptr, per_query, weight));
       scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
       scalar_t* __restrict__ sum = FIXED_CHANNELS > 0 ? local : generic.data();
       if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
       scalar_t mass = 0;
       const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
       for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
-        if (weight[m] == 0) continue;  // a closed key reads nothing
-        const scalar_t attention = weight[m] / total;
+        const scalar_t attention = weight[m];
+        if (!(attention > 0)) continue;  // a closed key reads nothing
         const Taps<scalar_t> taps((scalar_t(x) + grid[2 * k]) + offsets[2 * m],
                                   (scalar_t(y) + grid[2 * k + 1]) + offsets[2 * m + 1], height, width);
         for (int t = 0; t < 4; ++t) {
@@ -188,7 +207,78 @@ void inference_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* 
       }
       std::copy(sum, sum + channels, out + q * (channels + 1));
       out[q * (channels + 1) + channels] = mass;
-      counts[q] = scalar_t(open);
+    }
+  });
+}
+
+// The gradients of ``attend_forward_kernel`` from its saved softmax: grad (B, H, W, C + 1) of its sums ->
+// grad_maps[r] (rows of the raw references, added to; empty when not needed), grad_heads (B, H, W, head width; the
+// gate scores' entries 0: their gradient reaches them through the relaxed gates, in torch) and grad_relaxed
+// (B, H, W, R*K) or null. Per key, u_t = <grad[:C], F[row_t]> + grad[C] for each tap gives the weight's gradient
+// da = sum_t w_t u_t and, times the weight, the position's (sum_t dw_t/dx u_t). With d = da - <a, da>: the logits
+// get a d (the softmax over the open keys), the straight-through gates |a| d, closed keys included (their samples
+// are read for it, never scattered to). One image per thread: its taps stay in its own rows.
+template <typename scalar_t, int FIXED_CHANNELS>
+void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* heads, const scalar_t* softmax,
+                            const scalar_t* grid, bool gated, const scalar_t* __restrict__ grad,
+                            const std::vector<scalar_t*>& grad_maps, scalar_t* __restrict__ grad_heads,
+                            scalar_t* grad_relaxed, int64_t batch, int64_t height, int64_t width, int64_t keys,
+                            int64_t runtime_channels) {
+  const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
+  const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
+  const int64_t head_width = (gated ? 4 : 3) * per_query;
+  const bool need_maps = !grad_maps.empty();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> d_weight(per_query);
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t q = b * pixels; q < (b + 1) * pixels; ++q) {
+        const scalar_t* offsets = heads + q * head_width;
+        const scalar_t* weight = softmax + q * per_query;
+        const scalar_t* __restrict__ upstream = grad + q * (channels + 1);
+        const scalar_t d_mass = upstream[channels];
+        scalar_t* d_head = grad_heads + q * head_width;
+        const int64_t y = (q % pixels) / width, x = q % width;
+        scalar_t inner = 0;  // <a, da> over the open keys
+        for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
+          const scalar_t attention = weight[m];
+          d_weight[m] = d_head[2 * m] = d_head[2 * m + 1] = 0;
+          if (attention == 0) continue;  // closed without training gates (or a weight that underflowed): no gradient
+          const Taps<scalar_t> taps((scalar_t(x) + grid[2 * k]) + offsets[2 * m],
+                                    (scalar_t(y) + grid[2 * k + 1]) + offsets[2 * m + 1], height, width);
+          const bool open = attention > 0;
+          scalar_t d_a = 0, d_x = 0, d_y = 0;
+          for (int t = 0; t < 4; ++t) {
+            if (!taps.inside[t]) continue;
+            const int64_t row = (b * pixels + taps.pixel[t]) * channels;
+            const scalar_t* __restrict__ source = maps[r] + row;
+            scalar_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t c = 0; c < channels; ++c) dot += upstream[c] * source[c];
+            dot += d_mass;
+            d_a += dot * taps.weight[t];
+            d_x += dot * taps.along_x[t];
+            d_y += dot * taps.along_y[t];
+            if (need_maps && open) {
+              const scalar_t coefficient = attention * taps.weight[t];
+              scalar_t* __restrict__ target = grad_maps[r] + row;
+#pragma omp simd
+              for (int64_t c = 0; c < channels; ++c) target[c] += coefficient * upstream[c];
+            }
+          }
+          d_weight[m] = d_a;
+          if (open) {
+            inner += attention * d_a;
+            d_head[2 * m] = attention * d_x;
+            d_head[2 * m + 1] = attention * d_y;
+          }
+        }
+        for (int64_t m = 0; m < per_query; ++m) {
+          const scalar_t centred = d_weight[m] - inner;
+          d_head[2 * per_query + m] = weight[m] > 0 ? weight[m] * centred : scalar_t(0);  // (S4)
+          if (gated) d_head[3 * per_query + m] = 0;
+          if (grad_relaxed) grad_relaxed[q * per_query + m] = std::abs(weight[m]) * centred;  // (S6) straight-through
+        }
+      }
     }
   });
 }
@@ -252,20 +342,51 @@ std::vector<torch::Tensor> gather_backward(std::vector<torch::Tensor> maps, torc
   return grads;
 }
 
-// maps: R raw reference rows (B, H, W, C) contiguous; heads (B, H, W, 4*R*K); grid (K, 2). Returns the sums
-// (B, H, W, C + 1) and the open-key counts (B, H, W).
-std::vector<torch::Tensor> acla_inference(std::vector<torch::Tensor> maps, torch::Tensor heads, torch::Tensor grid) {
+// maps: R raw reference rows (B, H, W, C) contiguous; heads (B, H, W, (3 or 4)*R*K), 4 with gates; relaxed
+// (B, H, W, R*K) relaxed training gates, or empty; grid (K, 2). Returns the sums (B, H, W, C + 1), the open-key
+// counts (B, H, W) and the softmax weights (B, H, W, R*K) the backward reads.
+std::vector<torch::Tensor> attend_forward(std::vector<torch::Tensor> maps, torch::Tensor heads, torch::Tensor relaxed,
+                                          torch::Tensor grid, bool gated) {
   const int64_t batch = heads.size(0), height = heads.size(1), width = heads.size(2);
-  const int64_t keys = grid.size(0), channels = maps[0].size(-1);
-  TORCH_CHECK(heads.size(3) == 4 * keys * static_cast<int64_t>(maps.size()), "heads must hold 4*R*K channels");
+  const int64_t keys = grid.size(0), channels = maps[0].size(-1), per_query = keys * maps.size();
+  TORCH_CHECK(heads.size(3) == (gated ? 4 : 3) * per_query, "heads must hold (gated ? 4 : 3)*R*K channels");
+  TORCH_CHECK(relaxed.numel() == 0 || (gated && relaxed.numel() == batch * height * width * per_query),
+              "relaxed gates must be (B, H, W, R*K), with gates");
   auto out = torch::empty({batch, height, width, channels + 1}, maps[0].options());
   auto counts = torch::empty({batch, height, width}, maps[0].options());
-  AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_inference", [&] {
-    ACLA_DISPATCH_CHANNELS(channels, inference_kernel, pointers<scalar_t>(maps), heads.data_ptr<scalar_t>(),
-                           grid.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>(),
+  auto softmax = torch::empty({batch, height, width, per_query}, maps[0].options());
+  AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_attend_forward", [&] {
+    ACLA_DISPATCH_CHANNELS(channels, attend_forward_kernel, pointers<scalar_t>(maps), heads.data_ptr<scalar_t>(),
+                           relaxed.numel() ? relaxed.data_ptr<scalar_t>() : nullptr, grid.data_ptr<scalar_t>(), gated,
+                           out.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>(), softmax.data_ptr<scalar_t>(),
                            batch, height, width, keys, channels);
   });
-  return {out, counts};
+  return {out, counts, softmax};
+}
+
+// The gradients of ``attend_forward`` for grad (B, H, W, C + 1), from its softmax: the R maps' (when need_maps), the
+// heads' and the relaxed gates' (empty unless need_relaxed).
+std::vector<torch::Tensor> attend_backward(std::vector<torch::Tensor> maps, torch::Tensor heads, torch::Tensor softmax,
+                                           torch::Tensor grid, bool gated, torch::Tensor grad, bool need_maps,
+                                           bool need_relaxed) {
+  const int64_t batch = heads.size(0), height = heads.size(1), width = heads.size(2);
+  const int64_t keys = grid.size(0), channels = maps[0].size(-1);
+  std::vector<torch::Tensor> grads;
+  if (need_maps) for (const auto& map : maps) grads.push_back(torch::zeros_like(map));
+  auto grad_heads = torch::empty_like(heads);
+  auto grad_relaxed = need_relaxed ? torch::empty_like(softmax) : torch::empty({0}, softmax.options());
+  AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_attend_backward", [&] {
+    std::vector<scalar_t*> grad_pointers;
+    for (auto& tensor : grads) grad_pointers.push_back(tensor.data_ptr<scalar_t>());
+    ACLA_DISPATCH_CHANNELS(channels, attend_backward_kernel, pointers<scalar_t>(maps), heads.data_ptr<scalar_t>(),
+                           softmax.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), gated, grad.data_ptr<scalar_t>(),
+                           grad_pointers, grad_heads.data_ptr<scalar_t>(),
+                           need_relaxed ? grad_relaxed.data_ptr<scalar_t>() : nullptr, batch, height, width, keys,
+                           channels);
+  });
+  grads.push_back(grad_heads);
+  grads.push_back(grad_relaxed);
+  return grads;
 }
 """
 
@@ -274,7 +395,8 @@ _tried = False
 
 
 def _vector_flags() -> list[str]:
-    """AVX2 and FMA where this CPU has them (the build is for this machine; its name says which)."""
+    """AVX2 and FMA where this CPU has them (the build is for this machine; its name says which). AVX-512 was tried:
+    no faster forward, a slower backward (an A/B of the two builds on 2 threads)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
@@ -297,7 +419,7 @@ def load():
         vector = _vector_flags()
         _kernel = load_inline(
             name="acla_bilinear_gather" + "".join(flag.replace("-m", "_") for flag in vector),
-            cpp_sources=SOURCE, functions=["gather_forward", "gather_backward", "acla_inference"],
+            cpp_sources=SOURCE, functions=["gather_forward", "gather_backward", "attend_forward", "attend_backward"],
             extra_cflags=["-O3", "-fopenmp", *vector], extra_ldflags=["-fopenmp"], verbose=False,
         )
     except Exception as error:  # noqa: BLE001 - any build failure means: use the pure-torch path
