@@ -73,7 +73,7 @@ def without_fused_walk():
     from acla.models.attention import SampledCrossLayerAttention
 
     fused = SampledCrossLayerAttention.runs_fused_walk
-    SampledCrossLayerAttention.runs_fused_walk = lambda self, query: False
+    SampledCrossLayerAttention.runs_fused_walk = lambda self, query, refs: False
     try:
         yield
     finally:

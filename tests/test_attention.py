@@ -312,7 +312,7 @@ def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:
     module = randomise(build_attention("acla", 16, 2, num_keys=9, gate_bias=0.0), 17).eval()
     query, *refs = (t.float() for t in maps(1, 16, 6, 7, count=3, seed=18))
     with torch.no_grad():
-        assert module.runs_fused_walk(query)
+        assert module.runs_fused_walk(query, refs)
         eager = module(query, refs)
         compiled = torch.compile(module, fullgraph=True)(query, refs)
     assert torch.allclose(compiled, eager, atol=1e-5)
@@ -328,7 +328,7 @@ def test_the_fast_path_counts_the_flops_of_the_reference_path(name: str, logits:
     query, *references = (t.float() for t in maps(2, channels, 6, 7, count=refs + 1))
     with torch.no_grad():
         fast = count_flops(lambda: module(query, references))
-        fused = module.runs_fused_walk(query)
+        fused = module.runs_fused_walk(query, references)
         module.fast = False
         reference = count_flops(lambda: module(query, references))
     assert fused == (logits == "predicted" and gather == "kernel")
@@ -352,7 +352,7 @@ def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str,
     with torch.no_grad():
         assert module.skips_closed_keys()
         # predicted logits with the kernel: the one-walk inference kernel, W_v folded into W_z
-        assert module.runs_fused_walk(query) == (logits == "predicted" and gather == "kernel")
+        assert module.runs_fused_walk(query, refs) == (logits == "predicted" and gather == "kernel")
         skipping = module(query, refs)
         counts, budget = module.open_key_counts.clone(), module.key_budget.clone()
         module.fast = False

@@ -284,12 +284,13 @@ class SampledCrossLayerAttention(AttentionBase):
         heads = self.query_heads()
         return F.linear(rows, torch.cat([head.weight.flatten(1) for head in heads]), torch.cat([head.bias for head in heads]))
 
-    def runs_fused_walk(self, query: torch.Tensor) -> bool:
+    def runs_fused_walk(self, query: torch.Tensor, refs: list[torch.Tensor]) -> bool:
         """Whether this call takes ``fused_walk``: predicted logits (CLA or ACLA) on the fast path, on CPU in
         float32/float64, where the C++ kernel builds; training or inference, eager or compiled (the kernel is a
         custom op with its own backward)."""
         return (self.logit_form == "predicted" and self.fast and query.device.type == "cpu"
-                and query.dtype in (torch.float32, torch.float64) and gather_kernel.load() is not None)
+                and query.dtype in (torch.float32, torch.float64) and all(ref.dtype == query.dtype for ref in refs)
+                and gather_kernel.load() is not None)
 
     def fused_walk(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """(S1)-(S7) in one walk of the C++ kernel per query (``kernel_attend``), forward and backward: the gates,
@@ -304,7 +305,8 @@ class SampledCrossLayerAttention(AttentionBase):
         float64, outputs and gradients).
         """
         rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
-        heads = self.project_query(rows)  # (S1) offsets, (S3) logits, (S6) gate scores
+        # (S1) offsets, (S3) logits, (S6) gate scores; in the maps' dtype (autocast computes them in bf16)
+        heads = self.project_query(rows).to(query.dtype)
         relaxed = heads.new_empty(0)
         if self.adaptive:
             scores = heads[..., -self.keys_per_query:]
@@ -325,7 +327,7 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         self._check_refs(query, refs, self.num_refs)
-        if self.runs_fused_walk(query):
+        if self.runs_fused_walk(query, refs):
             return self.fused_walk(query, refs)
         batch, _, height, width = query.shape
         # Channels-last rows throughout: (B, H, W, c) memory is the layout the per-query gathers read.
