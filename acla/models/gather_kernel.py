@@ -181,6 +181,7 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
   const int64_t head_width = (gated ? 4 : 3) * per_query;
   at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
+    const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
     for (int64_t q = begin; q < end; ++q) {
       const scalar_t* offsets = heads + q * head_width;
       scalar_t* weight = softmax + q * per_query;
@@ -196,14 +197,18 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
         if (!(attention > 0)) continue;  // a closed key reads nothing
         const Taps<scalar_t> taps((scalar_t(x) + grid[2 * k]) + offsets[2 * m],
                                   (scalar_t(y) + grid[2 * k + 1]) + offsets[2 * m + 1], height, width);
+        const scalar_t* source[4];
+        scalar_t coefficient[4];
         for (int t = 0; t < 4; ++t) {
-          if (!taps.inside[t]) continue;
-          const scalar_t coefficient = attention * taps.weight[t];
-          mass += coefficient;
-          const scalar_t* __restrict__ source = maps[r] + (image + taps.pixel[t]) * channels;
-#pragma omp simd
-          for (int64_t c = 0; c < channels; ++c) sum[c] += coefficient * source[c];
+          source[t] = taps.inside[t] ? maps[r] + (image + taps.pixel[t]) * channels : zeros.data();
+          coefficient[t] = taps.inside[t] ? attention * taps.weight[t] : scalar_t(0);
+          mass += coefficient[t];
         }
+        const scalar_t *__restrict__ s0 = source[0], *__restrict__ s1 = source[1], *__restrict__ s2 = source[2],
+                       *__restrict__ s3 = source[3];
+        const scalar_t c0 = coefficient[0], c1 = coefficient[1], c2 = coefficient[2], c3 = coefficient[3];
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) sum[c] += (c0 * s0[c] + c1 * s1[c]) + (c2 * s2[c] + c3 * s3[c]);
       }
       std::copy(sum, sum + channels, out + q * (channels + 1));
       out[q * (channels + 1) + channels] = mass;
@@ -230,6 +235,8 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
   const bool need_maps = !grad_maps.empty();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> d_weight(per_query);
+    const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
+    std::vector<scalar_t> junk(4 * channels);  // written in place of a tap outside the map (or without map grads)
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t q = b * pixels; q < (b + 1) * pixels; ++q) {
         const scalar_t* offsets = heads + q * head_width;
@@ -246,23 +253,38 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
           const Taps<scalar_t> taps((scalar_t(x) + grid[2 * k]) + offsets[2 * m],
                                     (scalar_t(y) + grid[2 * k + 1]) + offsets[2 * m + 1], height, width);
           const bool open = attention > 0;
+          const scalar_t* source[4];
+          scalar_t* target[4];
+          for (int t = 0; t < 4; ++t) {
+            const int64_t row = (b * pixels + taps.pixel[t]) * channels;
+            source[t] = taps.inside[t] ? maps[r] + row : zeros.data();
+            target[t] = taps.inside[t] && need_maps ? grad_maps[r] + row : junk.data() + t * channels;
+          }
+          const scalar_t *__restrict__ s0 = source[0], *__restrict__ s1 = source[1], *__restrict__ s2 = source[2],
+                         *__restrict__ s3 = source[3];
+          scalar_t u0 = 0, u1 = 0, u2 = 0, u3 = 0;  // u_t = <grad, F[row_t]>, the four taps in one pass
+#pragma omp simd reduction(+ : u0, u1, u2, u3)
+          for (int64_t c = 0; c < channels; ++c) {
+            const scalar_t g = upstream[c];
+            u0 += g * s0[c]; u1 += g * s1[c]; u2 += g * s2[c]; u3 += g * s3[c];
+          }
+          const scalar_t u[4] = {u0 + d_mass, u1 + d_mass, u2 + d_mass, u3 + d_mass};
           scalar_t d_a = 0, d_x = 0, d_y = 0;
           for (int t = 0; t < 4; ++t) {
             if (!taps.inside[t]) continue;
-            const int64_t row = (b * pixels + taps.pixel[t]) * channels;
-            const scalar_t* __restrict__ source = maps[r] + row;
-            scalar_t dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t c = 0; c < channels; ++c) dot += upstream[c] * source[c];
-            dot += d_mass;
-            d_a += dot * taps.weight[t];
-            d_x += dot * taps.along_x[t];
-            d_y += dot * taps.along_y[t];
-            if (need_maps && open) {
-              const scalar_t coefficient = attention * taps.weight[t];
-              scalar_t* __restrict__ target = grad_maps[r] + row;
+            d_a += u[t] * taps.weight[t];
+            d_x += u[t] * taps.along_x[t];
+            d_y += u[t] * taps.along_y[t];
+          }
+          if (need_maps && open) {
+            scalar_t *__restrict__ t0 = target[0], *__restrict__ t1 = target[1], *__restrict__ t2 = target[2],
+                     *__restrict__ t3 = target[3];
+            const scalar_t k0 = attention * taps.weight[0], k1 = attention * taps.weight[1],
+                           k2 = attention * taps.weight[2], k3 = attention * taps.weight[3];
 #pragma omp simd
-              for (int64_t c = 0; c < channels; ++c) target[c] += coefficient * upstream[c];
+            for (int64_t c = 0; c < channels; ++c) {
+              const scalar_t g = upstream[c];
+              t0[c] += k0 * g; t1[c] += k1 * g; t2[c] += k2 * g; t3[c] += k3 * g;
             }
           }
           d_weight[m] = d_a;
