@@ -107,9 +107,9 @@ def overhead_section(frame: pd.DataFrame) -> str:
     summary = "" if fastest is None else (
         f"Fastest + ACLA at the four stages: mode `{fastest['mode']}`, {fastest['latency_s']:.3f} s, "
         f"{fastest['latency_overhead_pct']:+.1f} % latency over the backbone in the same mode (FLOPs "
-        f"{fastest['flops_overhead_pct']:+.1f} %). In eval mode without autograd on CPU, ACLA runs as one fused "
-        "C++ walk per query (gates, softmax over the open keys, their bilinear sum; W_v folded into W_z), eager "
-        "or compiled (a custom op); a fresh module has every gate open (gate bias 2), so these rows gather every key.\n")
+        f"{fastest['flops_overhead_pct']:+.1f} %). On CPU, CLA and ACLA run as one fused C++ walk per query (gates, "
+        "softmax over the open keys, their bilinear sum; W_v folded into W_z), eager or compiled (a custom op); a "
+        "fresh module has every gate open (gate bias 2), so these rows gather every key.\n")
     return f"""## (c) Overhead of ACLA on EDSR-baseline x2 ({_conditions(frame)})
 
 `python benchmarks/bench_overhead.py` — inference at a {frame['input'].iloc[0]} LR input (640x360 output),
@@ -140,7 +140,8 @@ def training_section(frame: pd.DataFrame) -> str:
     return f"""## (d) Training step: backbone time / ACLA time ({_conditions(frame)})
 
 `python -m benchmarks.bench_training` — Adam + L1 steps on random tensors, batch {frame['batch'].iloc[0]}, + ACLA
-at the four stages; SR x2 at an LR patch of 24, denoising at 48x48. Backbone time / ACLA time (1 = free):
+at the four stages (the fused C++ walk, forward and backward); SR x2 at an LR patch of 24, denoising at 48x48.
+Backbone time / ACLA time (1 = free):
 
 {_table(pivot, list(pivot.columns), ratios)}
 
@@ -175,7 +176,8 @@ Relative to all keys open:
 
 Closing keys saves gathers only. The fused walk gathers nothing for a closed key, but its time also holds the
 query's projections (4 R K outputs per pixel), the output product and, with NCHW inputs, the copies of the
-references into rows; none of them depends on the open keys.
+references into rows (in a whole network the backbone lays each reference out once); none of them depends on the
+open keys.
 """
 
 

@@ -268,6 +268,18 @@ def test_fast_path_equals_the_reference_path(name: str, logits: str, training: b
         assert torch.allclose(ours, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("logits", ["predicted", "dot"])  # predicted: the fused walk where the kernel builds
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_residual_comes_in_the_query_layout(layout: torch.memory_format, logits: str, gather: str) -> None:
+    # the block adds the residual to the query: one layout for both keeps that add a plain elementwise pass
+    module = randomise(build_attention("acla", 8, 2, num_keys=9, logits=logits)).train()
+    query, *refs = (t.float().contiguous(memory_format=layout) for t in maps(2, 8, 5, 6, count=3))
+    assert module(query, refs).is_contiguous(memory_format=layout)
+    module.eval()
+    with torch.no_grad():
+        assert module(query, refs).is_contiguous(memory_format=layout)
+
+
 def test_closed_keys_are_never_read(gather: str) -> None:
     # A closed key's position is NaN: reading it anywhere would make the output NaN.
     generator = torch.Generator().manual_seed(15)
