@@ -38,15 +38,24 @@ def candidate_locations(num_blocks: int, every: int) -> list[int]:
 
 
 def module_costs(model: RestorationNet, input_shape: tuple[int, int]) -> dict[int, int]:
-    """FLOPs of each attention module at the feature size of a training patch."""
+    """FLOPs of each attention module at the feature size of a training patch, counted on the reference path
+    (the spec's maths): the fused walk folds W_v into W_z and would give other costs where its kernel builds than
+    where it does not, and so another search."""
     height, width = input_shape
     channels = model.head.out_channels
     costs = {}
     for location, refs in model.references.items():
         module = model.attention[str(location)]
         query = torch.zeros(1, channels, height, width)
-        with torch.no_grad():
-            costs[location] = count_flops(lambda: module(query, [query] * len(refs)))
+        fast = getattr(module, "fast", None)
+        if fast is not None:
+            module.fast = False
+        try:
+            with torch.no_grad():
+                costs[location] = count_flops(lambda: module(query, [query] * len(refs)))
+        finally:
+            if fast is not None:
+                module.fast = fast
     return costs
 
 

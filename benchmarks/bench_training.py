@@ -6,7 +6,9 @@ batch 16: SR x2 at LR patch 24 and denoising at 48x48, ``tiny`` (8 x 32) and ``e
 timed in interleaved rounds (a step of each model per round), so drift on a shared machine hits them
 alike; ``eager, channels-last`` rows hold model and batches in channels-last memory (the CPU convolutions'
 fast layout); ``compiled`` rows (``torch.compile``, default inductor) also give the compile time (the first
-two steps minus two timed steps). Usage: ``python -m benchmarks.bench_training [--device cuda]
+two steps minus two timed steps). Where the C++ kernel builds, the eager rounds also time the ACLA model without
+the fused walk (gates and softmax in torch, the gather kernel alone: ``acla, without the fused walk``), and eager
+rows give the peak memory of one step. Usage: ``python -m benchmarks.bench_training [--device cuda]
 [--no-compile] [--steps 5]``.
 """
 
@@ -21,11 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from acla.models import build_model
-from benchmarks.common import device_name, gather_implementation, write_csv
+from acla.efficiency import peak_memory_bytes
+from benchmarks.common import device_name, gather_implementation, without_fused_walk, write_csv
 
 SETTINGS = (("tiny", "sr", 24), ("tiny", "denoise", 48), ("edsr-baseline", "sr", 24), ("edsr-baseline", "denoise", 48))
 MODELS = (("backbone", "none", "none"), ("acla", "acla", "four-stages"))
 MODES = ("eager", "eager, channels-last", "compiled")
+GATHER_ONLY = "acla, without the fused walk"  # eager rows only, where the C++ kernel builds
 
 
 def training_step(backbone: str, task: str, patch: int, attention: str, insert: str, device: torch.device,
@@ -60,21 +64,36 @@ def seconds(step) -> float:
     return time.perf_counter() - start
 
 
+def without_fused_walk_step(step):
+    """``step`` with CLA/ACLA on the gather-kernel path (gates and softmax in torch): what the fused walk replaces."""
+
+    def wrapped() -> None:
+        with without_fused_walk():
+            step()
+
+    return wrapped
+
+
 def measure_setting(backbone: str, task: str, patch: int, device: torch.device, mode: str, steps: int) -> list[dict]:
     runs = {}
     for name, attention, insert in MODELS:
         step = training_step(backbone, task, patch, attention, insert, device, mode)
         warmup = seconds(step) + seconds(step)  # compiles here when compiled
         runs[name] = (step, warmup, [])
+        if mode == "eager" and attention == "acla" and gather_implementation(device) == "C++ kernel":
+            # the same weights without the fused walk, timed in the same rounds
+            unfused = without_fused_walk_step(step)
+            runs[GATHER_ONLY] = (unfused, seconds(unfused) + seconds(unfused), [])
     for _ in range(steps):  # interleaved rounds
         for step, _, samples in runs.values():
             samples.append(seconds(step))
     rows = []
-    for name, (_, warmup, samples) in runs.items():
+    for name, (step, warmup, samples) in runs.items():
         step_s = statistics.median(samples)
         rows.append({"backbone": backbone, "task": task, "lr_patch": patch, "batch": 16, "model": name,
                      "mode": mode, "step_s": step_s,
-                     "compile_s": max(warmup - 2 * step_s, 0.0) if mode == "compiled" else 0.0})
+                     "compile_s": max(warmup - 2 * step_s, 0.0) if mode == "compiled" else 0.0,
+                     "peak_mib": peak_memory_bytes(step, device) / 2**20 if mode == "eager" else float("nan")})
         print(rows[-1], flush=True)
     return rows
 

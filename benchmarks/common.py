@@ -68,8 +68,8 @@ def gather_implementation(device: torch.device) -> str:
 
 @contextmanager
 def without_fused_walk():
-    """ACLA as it ran before the fused inference walk: every module on the gather-kernel path (gates and softmax
-    in torch), so that a benchmark can time both paths on the same weights."""
+    """CLA/ACLA without the fused walk: every module on the gather-kernel path (gates and softmax in torch, training
+    and inference), so that a benchmark can time both paths on the same weights."""
     from acla.models.attention import SampledCrossLayerAttention
 
     fused = SampledCrossLayerAttention.runs_fused_walk

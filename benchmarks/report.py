@@ -137,6 +137,10 @@ def training_section(frame: pd.DataFrame) -> str:
     ratios = {column: "{:.2f}" for column in pivot.columns if column in modes}
     seconds = {column: "{:.3f}" for column in steps.columns if column in modes}
     compile_table = _table(compile_s, list(compile_s.columns), {"compile_s": "{:.0f}"}) if len(compile_s) else "(not run)"
+    eager = frame[(frame["mode"] == "eager")]
+    memory = "" if "peak_mib" not in frame else "Eager steps: backbone time / model time and peak memory of one step (MiB):\n\n" + _table(
+        eager, ["backbone", "task", "model", "backbone_over_model", "peak_mib"],
+        {"backbone_over_model": "{:.2f}", "peak_mib": "{:.0f}"}) + "\n"
     return f"""## (d) Training step: backbone time / ACLA time ({_conditions(frame)})
 
 `python -m benchmarks.bench_training` — Adam + L1 steps on random tensors, batch {frame['batch'].iloc[0]}, + ACLA
@@ -152,7 +156,8 @@ Median step (s):
 Compile time (s, first two steps minus two steps):
 
 {compile_table}
-"""
+
+{memory}"""
 
 
 def open_keys_section(frame: pd.DataFrame) -> str:

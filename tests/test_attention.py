@@ -425,3 +425,14 @@ def test_cpu_and_gpu_agree() -> None:
     query, *refs = (t.float() for t in maps(2, 8, 16, 16, count=3))
     on_gpu = module.cuda()(query.cuda(), [r.cuda() for r in refs]).cpu()
     assert torch.allclose(module.cpu()(query, refs), on_gpu, atol=1e-4)
+
+
+def test_search_costs_do_not_depend_on_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (S9) costs are the modules' maths: a machine without a compiler must search with the same costs
+    from acla.search import module_costs
+
+    model = build_model("sr", "tiny", attention="acla", insert="every", scale=2, num_blocks=4, channels=8).train()
+    with_kernel = module_costs(model, (6, 6))
+    monkeypatch.setattr(gather_kernel, "load", lambda: None)
+    assert module_costs(model, (6, 6)) == with_kernel
+    assert all(module.fast for module in model.attention_modules())  # restored
