@@ -149,8 +149,8 @@ class RestorationNet(nn.Module):
         if self.mean_shift:
             x = x - self.rgb_mean.to(x.dtype)
         head = self.head(x)
-        layers = {0: head.contiguous(memory_format=self.reference_format)} if 0 in self.needed_layers else {}
         # F^j kept only where a module reads it
+        layers = {0: head.contiguous(memory_format=self.reference_format)} if 0 in self.needed_layers else {}
         features = head
         for index, block in enumerate(self.blocks, start=1):
             features = block(features)
