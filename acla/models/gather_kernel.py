@@ -1,8 +1,8 @@
 """An optional C++ kernel for the bilinear gather of ``attention.bilinear_gather`` (CPU, float32/float64).
 
 The pure-torch path needs a dozen elementwise passes over every tap, a sort and a sparse product per
-backward. This kernel walks the taps once: the forward computes each key's four bilinear taps on the fly
-and sums the weighted rows; the backward, in the same walk, scatters the table's gradient and takes the
+backward. This kernel walks the taps once: per query, one vectorised pass computes the four bilinear taps
+of all its keys, and the forward sums the weighted rows; the backward, in the same walk, scatters the table's gradient and takes the
 dot products that give the gradients of the positions and of the attention weights. Queries of one
 image only read the maps of that image (rows b*H*W + ...), so the backward runs one image per thread without
 atomics. Each reference map is its own (B, H, W, C) tensor: no stacked copy of the values is made.
@@ -28,33 +28,49 @@ SOURCE = r"""
 
 namespace {
 
-// The four bilinear taps (y0 x0, y0 x1, y1 x0, y1 x1) of the point (x, y) in an H x W map: pixel indices
-// y*W + x, weights (0 outside the map) and the weights' derivatives along x and y.
+// The four bilinear taps (y0 x0, y0 x1, y1 x0, y1 x1) of a query's M keys, in one pass that vectorises over the keys
+// (computed key by key, this scalar work cost more than the gather itself): key m sits at (x + grid_x[m] +
+// offsets[2m], y + grid_y[m] + offsets[2m+1]). Tap t of key m is entry t*M + m: its pixel y*W + x in the map, or -1
+// outside the map; its weight (0 outside) and the weight's derivatives along x and y (0 outside).
 template <typename scalar_t>
-struct Taps {
-  int64_t pixel[4];
-  scalar_t weight[4], along_x[4], along_y[4];
-  bool inside[4];
+struct KeyTaps {
+  std::vector<int32_t> pixel;
+  std::vector<scalar_t> weight, along_x, along_y;
 
-  Taps(scalar_t x, scalar_t y, int64_t height, int64_t width) {
-    const scalar_t x0 = std::floor(x), y0 = std::floor(y);
-    const scalar_t fx = x - x0, fy = y - y0;
-    const int64_t ix = static_cast<int64_t>(x0), iy = static_cast<int64_t>(y0);
-    const bool in_x[2] = {ix >= 0 && ix <= width - 1, ix >= -1 && ix <= width - 2};
-    const bool in_y[2] = {iy >= 0 && iy <= height - 1, iy >= -1 && iy <= height - 2};
-    const scalar_t wx[2] = {(1 - fx) * in_x[0], fx * in_x[1]};
-    const scalar_t wy[2] = {(1 - fy) * in_y[0], fy * in_y[1]};
-    const scalar_t sx[2] = {-static_cast<scalar_t>(in_x[0]), static_cast<scalar_t>(in_x[1])};
-    const scalar_t sy[2] = {-static_cast<scalar_t>(in_y[0]), static_cast<scalar_t>(in_y[1])};
-    for (int a = 0; a < 2; ++a) {
-      for (int b = 0; b < 2; ++b) {
-        const int t = 2 * a + b;
-        inside[t] = in_y[a] && in_x[b];
-        pixel[t] = inside[t] ? (iy + a) * width + ix + b : 0;
-        weight[t] = wy[a] * wx[b];
-        along_x[t] = wy[a] * sx[b];
-        along_y[t] = sy[a] * wx[b];
-      }
+  explicit KeyTaps(int64_t count) : pixel(4 * count), weight(4 * count), along_x(4 * count), along_y(4 * count) {}
+
+  void compute(const scalar_t* __restrict__ offsets, const scalar_t* __restrict__ grid_x,
+               const scalar_t* __restrict__ grid_y, scalar_t x, scalar_t y, int64_t height, int64_t width,
+               int64_t count) {
+    const int32_t h = static_cast<int32_t>(height), w = static_cast<int32_t>(width);
+    int32_t* __restrict__ pixels = pixel.data();
+    scalar_t *__restrict__ weights = weight.data(), *__restrict__ dx = along_x.data(), *__restrict__ dy = along_y.data();
+#pragma omp simd
+    for (int64_t m = 0; m < count; ++m) {
+      const scalar_t px = (x + grid_x[m]) + offsets[2 * m], py = (y + grid_y[m]) + offsets[2 * m + 1];
+      // floor by conversion (std::floor does not vectorise), after clamping to just outside the map: far positions
+      // and NaN land outside, where every weight is 0
+      const scalar_t lx = px > scalar_t(-2) ? px : scalar_t(-2), ly = py > scalar_t(-2) ? py : scalar_t(-2);
+      const scalar_t cx = lx < scalar_t(w + 1) ? lx : scalar_t(w + 1), cy = ly < scalar_t(h + 1) ? ly : scalar_t(h + 1);
+      const int32_t tx = static_cast<int32_t>(cx), ty = static_cast<int32_t>(cy);  // toward zero
+      const int32_t ix = tx - (cx < scalar_t(tx)), iy = ty - (cy < scalar_t(ty));
+      const scalar_t fx = px - scalar_t(ix), fy = py - scalar_t(iy);
+      const bool in_x0 = (ix >= 0) & (ix <= w - 1), in_x1 = (ix >= -1) & (ix <= w - 2);
+      const bool in_y0 = (iy >= 0) & (iy <= h - 1), in_y1 = (iy >= -1) & (iy <= h - 2);
+      const scalar_t one = 1, zero = 0;
+      const scalar_t wx0 = in_x0 ? 1 - fx : zero, wx1 = in_x1 ? fx : zero;
+      const scalar_t wy0 = in_y0 ? 1 - fy : zero, wy1 = in_y1 ? fy : zero;
+      const scalar_t sx0 = in_x0 ? -one : zero, sx1 = in_x1 ? one : zero;
+      const scalar_t sy0 = in_y0 ? -one : zero, sy1 = in_y1 ? one : zero;
+      const int32_t top = iy * w + ix;
+      pixels[m] = in_y0 & in_x0 ? top : -1;
+      pixels[count + m] = in_y0 & in_x1 ? top + 1 : -1;
+      pixels[2 * count + m] = in_y1 & in_x0 ? top + w : -1;
+      pixels[3 * count + m] = in_y1 & in_x1 ? top + w + 1 : -1;
+      weights[m] = wy0 * wx0; weights[count + m] = wy0 * wx1;
+      weights[2 * count + m] = wy1 * wx0; weights[3 * count + m] = wy1 * wx1;
+      dx[m] = wy0 * sx0; dx[count + m] = wy0 * sx1; dx[2 * count + m] = wy1 * sx0; dx[3 * count + m] = wy1 * sx1;
+      dy[m] = sy0 * wx0; dy[count + m] = sy0 * wx1; dy[2 * count + m] = sy1 * wx0; dy[3 * count + m] = sy1 * wx1;
     }
   }
 };
@@ -67,9 +83,12 @@ void forward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* po
                     int64_t runtime_channels) {
   const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
+  const std::vector<scalar_t> origin(per_query, scalar_t(0));  // the positions are absolute
   at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
+    KeyTaps<scalar_t> taps(per_query);
     for (int64_t q = begin; q < end; ++q) {
       const int64_t image = (q / pixels) * pixels;  // first row of this image in every map
+      taps.compute(positions + 2 * q * per_query, origin.data(), origin.data(), 0, 0, height, width, per_query);
       // the query's weighted sum: in a local row (registers) when the channel count is fixed
       scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
       scalar_t* sum = weights ? (FIXED_CHANNELS > 0 ? local : out + q * channels) : nullptr;
@@ -77,12 +96,12 @@ void forward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* po
         const int64_t key = q * per_query + m;
         const scalar_t attention = weights ? weights[key] : scalar_t(1);
         if (attention == 0) continue;  // a closed key (ACLA's gates) reads nothing
-        const Taps<scalar_t> taps(positions[2 * key], positions[2 * key + 1], height, width);
         scalar_t* __restrict__ target = weights ? sum : out + key * channels;
         for (int t = 0; t < 4; ++t) {
-          if (!taps.inside[t]) continue;
-          const scalar_t coefficient = attention * taps.weight[t];
-          const scalar_t* __restrict__ source = maps[r] + (image + taps.pixel[t]) * channels;
+          const int32_t pixel = taps.pixel[t * per_query + m];
+          if (pixel < 0) continue;
+          const scalar_t coefficient = attention * taps.weight[t * per_query + m];
+          const scalar_t* __restrict__ source = maps[r] + (image + pixel) * channels;
 #pragma omp simd
           for (int64_t c = 0; c < channels; ++c) target[c] += coefficient * source[c];
         }
@@ -100,29 +119,32 @@ void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* p
   const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
   const bool need_maps = !grad_maps.empty();
+  const std::vector<scalar_t> origin(per_query, scalar_t(0));  // the positions are absolute
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {  // an image's taps stay in its own rows
+    KeyTaps<scalar_t> taps(per_query);
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t q = b * pixels; q < (b + 1) * pixels; ++q) {
+        taps.compute(positions + 2 * q * per_query, origin.data(), origin.data(), 0, 0, height, width, per_query);
         for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
           const int64_t key = q * per_query + m;
-          const Taps<scalar_t> taps(positions[2 * key], positions[2 * key + 1], height, width);
           const scalar_t attention = weights ? weights[key] : scalar_t(1);
           const scalar_t* __restrict__ upstream = grad + (weights ? q : key) * channels;
           scalar_t d_weight = 0, d_x = 0, d_y = 0;
           for (int t = 0; t < 4; ++t) {
-            if (!taps.inside[t]) continue;
-            const int64_t row = (b * pixels + taps.pixel[t]) * channels;
+            const int32_t pixel = taps.pixel[t * per_query + m];
+            if (pixel < 0) continue;
+            const int64_t row = (b * pixels + pixel) * channels;
             if (grad_positions || grad_weights) {
               const scalar_t* __restrict__ source = maps[r] + row;
               scalar_t dot = 0;  // u_t = <grad, V[row_t]>
 #pragma omp simd reduction(+ : dot)
               for (int64_t c = 0; c < channels; ++c) dot += upstream[c] * source[c];
-              d_weight += dot * taps.weight[t];
-              d_x += dot * taps.along_x[t];
-              d_y += dot * taps.along_y[t];
+              d_weight += dot * taps.weight[t * per_query + m];
+              d_x += dot * taps.along_x[t * per_query + m];
+              d_y += dot * taps.along_y[t * per_query + m];
             }
             if (need_maps && attention != 0) {
-              const scalar_t coefficient = attention * taps.weight[t];
+              const scalar_t coefficient = attention * taps.weight[t * per_query + m];
               scalar_t* __restrict__ target = grad_maps[r] + row;
 #pragma omp simd
               for (int64_t c = 0; c < channels; ++c) target[c] += coefficient * upstream[c];
@@ -179,9 +201,12 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
   const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
   const int64_t head_width = (gated ? 4 : 3) * per_query;
+  std::vector<scalar_t> grid_x(per_query), grid_y(per_query);  // key m's fixed offset p_k, k = m % K
+  for (int64_t m = 0; m < per_query; ++m) { grid_x[m] = grid[2 * (m % keys)]; grid_y[m] = grid[2 * (m % keys) + 1]; }
   at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
+    KeyTaps<scalar_t> taps(per_query);
     for (int64_t q = begin; q < end; ++q) {
       const scalar_t* offsets = heads + q * head_width;
       scalar_t* weight = softmax + q * per_query;
@@ -192,16 +217,16 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
       if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
       scalar_t mass = 0;
       const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
+      taps.compute(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width, per_query);
       for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
         const scalar_t attention = weight[m];
         if (!(attention > 0)) continue;  // a closed key reads nothing
-        const Taps<scalar_t> taps((scalar_t(x) + grid[2 * k]) + offsets[2 * m],
-                                  (scalar_t(y) + grid[2 * k + 1]) + offsets[2 * m + 1], height, width);
         const scalar_t* source[4];
         scalar_t coefficient[4];
         for (int t = 0; t < 4; ++t) {
-          source[t] = taps.inside[t] ? maps[r] + (image + taps.pixel[t]) * channels : zeros.data();
-          coefficient[t] = taps.inside[t] ? attention * taps.weight[t] : scalar_t(0);
+          const int32_t pixel = taps.pixel[t * per_query + m];
+          source[t] = pixel >= 0 ? maps[r] + (image + pixel) * channels : zeros.data();
+          coefficient[t] = attention * taps.weight[t * per_query + m];
           mass += coefficient[t];
         }
         const scalar_t *__restrict__ s0 = source[0], *__restrict__ s1 = source[1], *__restrict__ s2 = source[2],
@@ -233,8 +258,11 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
   const int64_t head_width = (gated ? 4 : 3) * per_query;
   const bool need_maps = !grad_maps.empty();
+  std::vector<scalar_t> grid_x(per_query), grid_y(per_query);  // key m's fixed offset p_k, k = m % K
+  for (int64_t m = 0; m < per_query; ++m) { grid_x[m] = grid[2 * (m % keys)]; grid_y[m] = grid[2 * (m % keys) + 1]; }
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> d_weight(per_query);
+    KeyTaps<scalar_t> taps(per_query);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
     std::vector<scalar_t> junk(4 * channels);  // written in place of a tap outside the map (or without map grads)
     for (int64_t b = begin; b < end; ++b) {
@@ -246,19 +274,23 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
         scalar_t* d_head = grad_heads + q * head_width;
         const int64_t y = (q % pixels) / width, x = q % width;
         scalar_t inner = 0;  // <a, da> over the open keys
+        taps.compute(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width, per_query);
         for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
           const scalar_t attention = weight[m];
           d_weight[m] = d_head[2 * m] = d_head[2 * m + 1] = 0;
           if (attention == 0) continue;  // closed without training gates (or a weight that underflowed): no gradient
-          const Taps<scalar_t> taps((scalar_t(x) + grid[2 * k]) + offsets[2 * m],
-                                    (scalar_t(y) + grid[2 * k + 1]) + offsets[2 * m + 1], height, width);
           const bool open = attention > 0;
           const scalar_t* source[4];
           scalar_t* target[4];
+          scalar_t tap_weight[4], along_x[4], along_y[4];
           for (int t = 0; t < 4; ++t) {
-            const int64_t row = (b * pixels + taps.pixel[t]) * channels;
-            source[t] = taps.inside[t] ? maps[r] + row : zeros.data();
-            target[t] = taps.inside[t] && need_maps ? grad_maps[r] + row : junk.data() + t * channels;
+            const int32_t pixel = taps.pixel[t * per_query + m];
+            const int64_t row = (b * pixels + pixel) * channels;
+            source[t] = pixel >= 0 ? maps[r] + row : zeros.data();
+            target[t] = pixel >= 0 && need_maps ? grad_maps[r] + row : junk.data() + t * channels;
+            tap_weight[t] = taps.weight[t * per_query + m];
+            along_x[t] = taps.along_x[t * per_query + m];
+            along_y[t] = taps.along_y[t * per_query + m];
           }
           const scalar_t *__restrict__ s0 = source[0], *__restrict__ s1 = source[1], *__restrict__ s2 = source[2],
                          *__restrict__ s3 = source[3];
@@ -270,17 +302,16 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
           }
           const scalar_t u[4] = {u0 + d_mass, u1 + d_mass, u2 + d_mass, u3 + d_mass};
           scalar_t d_a = 0, d_x = 0, d_y = 0;
-          for (int t = 0; t < 4; ++t) {
-            if (!taps.inside[t]) continue;
-            d_a += u[t] * taps.weight[t];
-            d_x += u[t] * taps.along_x[t];
-            d_y += u[t] * taps.along_y[t];
+          for (int t = 0; t < 4; ++t) {  // a tap outside the map weighs 0 and moves nothing
+            d_a += u[t] * tap_weight[t];
+            d_x += u[t] * along_x[t];
+            d_y += u[t] * along_y[t];
           }
           if (need_maps && open) {
             scalar_t *__restrict__ t0 = target[0], *__restrict__ t1 = target[1], *__restrict__ t2 = target[2],
                      *__restrict__ t3 = target[3];
-            const scalar_t k0 = attention * taps.weight[0], k1 = attention * taps.weight[1],
-                           k2 = attention * taps.weight[2], k3 = attention * taps.weight[3];
+            const scalar_t k0 = attention * tap_weight[0], k1 = attention * tap_weight[1],
+                           k2 = attention * tap_weight[2], k3 = attention * tap_weight[3];
 #pragma omp simd
             for (int64_t c = 0; c < channels; ++c) {
               const scalar_t g = upstream[c];
@@ -442,7 +473,8 @@ def load():
         _kernel = load_inline(
             name="acla_bilinear_gather" + "".join(flag.replace("-m", "_") for flag in vector),
             cpp_sources=SOURCE, functions=["gather_forward", "gather_backward", "attend_forward", "attend_backward"],
-            extra_cflags=["-O3", "-fopenmp", *vector], extra_ldflags=["-fopenmp"], verbose=False,
+            # no trapping math: lets the compiler vectorise the taps' selects (nothing here reads FP exceptions)
+            extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp", *vector], extra_ldflags=["-fopenmp"], verbose=False,
         )
     except Exception as error:  # noqa: BLE001 - any build failure means: use the pure-torch path
         warnings.warn(f"acla: the C++ gather kernel could not be built ({type(error).__name__}); "
