@@ -167,21 +167,31 @@ void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* p
 // softmax runs over the open keys only: a closed key weighs 0 and, at inference, costs no exp. Without gates (CLA)
 // every key is open: the plain softmax (S4). With training gates a closed key's entry is minus the weight it would
 // have if it opened, exp(min(e - top, 0)) / total, which is what the straight-through gradient needs (the backward
-// reads the sign: open or closed).
+// reads the sign: open or closed). open_keys: the open keys' indices, in order; returns their count.
 template <typename scalar_t>
 int64_t key_weights(const scalar_t* logits, const scalar_t* scores, const scalar_t* relaxed, int64_t count,
-                    scalar_t* weight) {
+                    scalar_t* weight, int32_t* open_keys) {
   int64_t best = 0, open = 0;
   if (scores) for (int64_t m = 1; m < count; ++m) if (scores[m] > scores[best]) best = m;  // first maximum, as argmax
   scalar_t top = -std::numeric_limits<scalar_t>::infinity(), total = 0;
-  for (int64_t m = 0; m < count; ++m) {
-    const bool is_open = !scores || m == best || (relaxed ? relaxed[m] > scalar_t(0.5) : scores[m] > 0);
-    weight[m] = is_open;
-    if (is_open) { ++open; top = std::max(top, logits[m]); }
+  const scalar_t closed = -std::numeric_limits<scalar_t>::infinity();
+  for (int64_t m = 0; m < count; ++m) {  // no branch on the gate: half-open gates would mispredict every other key
+    const scalar_t logit = logits[m];
+    const bool gate = relaxed ? relaxed[m] > scalar_t(0.5) : (scores ? scores[m] > 0 : true);
+    const bool is_open = gate | (m == best);
+    weight[m] = 0;
+    open_keys[open] = static_cast<int32_t>(m);
+    open += is_open;
+    const scalar_t candidate = is_open ? logit : closed;
+    top = candidate > top ? candidate : top;
   }
-  for (int64_t m = 0; m < count; ++m) {
-    if (weight[m] != 0) total += weight[m] = std::exp(std::min(logits[m] - top, scalar_t(0)));
-    else if (relaxed) weight[m] = -std::exp(std::min(logits[m] - top, scalar_t(0)));
+  for (int64_t i = 0; i < open; ++i) {
+    const int32_t m = open_keys[i];
+    total += weight[m] = std::exp(std::min(logits[m] - top, scalar_t(0)));
+  }
+  if (relaxed) for (int64_t m = 0, i = 0; m < count; ++m) {
+    if (i < open && open_keys[i] == m) ++i;
+    else weight[m] = -std::exp(std::min(logits[m] - top, scalar_t(0)));
   }
   for (int64_t m = 0; m < count; ++m) weight[m] /= total;
   return open;
@@ -207,20 +217,23 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
     std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
     KeyTaps<scalar_t> taps(per_query);
+    std::vector<int32_t> open_keys(per_query);
     for (int64_t q = begin; q < end; ++q) {
       const scalar_t* offsets = heads + q * head_width;
       scalar_t* weight = softmax + q * per_query;
-      counts[q] = scalar_t(key_weights(offsets + 2 * per_query, gated ? offsets + 3 * per_query : nullptr,
-                                       relaxed ? relaxed + q * per_query : nullptr, per_query, weight));
+      const int64_t open = key_weights(offsets + 2 * per_query, gated ? offsets + 3 * per_query : nullptr,
+                                       relaxed ? relaxed + q * per_query : nullptr, per_query, weight, open_keys.data());
+      counts[q] = scalar_t(open);
       scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
       scalar_t* __restrict__ sum = FIXED_CHANNELS > 0 ? local : generic.data();
       if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
       scalar_t mass = 0;
       const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
       taps.compute(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width, per_query);
-      for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
+      for (int64_t i = 0; i < open; ++i) {  // the open keys only: a closed key reads nothing
+        const int64_t m = open_keys[i], r = m / keys;
         const scalar_t attention = weight[m];
-        if (!(attention > 0)) continue;  // a closed key reads nothing
+        if (!(attention > 0)) continue;  // an open key whose weight underflowed
         const scalar_t* source[4];
         scalar_t coefficient[4];
         for (int t = 0; t < 4; ++t) {
