@@ -218,6 +218,7 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
     const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
     KeyTaps<scalar_t> taps(per_query);
     std::vector<int32_t> open_keys(per_query);
+    std::vector<scalar_t> open_offsets(2 * per_query), open_grid_x(per_query), open_grid_y(per_query);
     for (int64_t q = begin; q < end; ++q) {
       const scalar_t* offsets = heads + q * head_width;
       scalar_t* weight = softmax + q * per_query;
@@ -229,7 +230,15 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
       if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
       scalar_t mass = 0;
       const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
-      taps.compute(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width, per_query);
+      for (int64_t i = 0; i < open; ++i) {  // the open keys' offsets, packed: a closed key costs no tap either
+        const int32_t m = open_keys[i];
+        open_offsets[2 * i] = offsets[2 * m];
+        open_offsets[2 * i + 1] = offsets[2 * m + 1];
+        open_grid_x[i] = grid_x[m];
+        open_grid_y[i] = grid_y[m];
+      }
+      taps.compute(open_offsets.data(), open_grid_x.data(), open_grid_y.data(), scalar_t(x), scalar_t(y), height,
+                   width, open);
       for (int64_t i = 0; i < open; ++i) {  // the open keys only: a closed key reads nothing
         const int64_t m = open_keys[i], r = m / keys;
         const scalar_t attention = weight[m];
@@ -237,9 +246,9 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
         const scalar_t* source[4];
         scalar_t coefficient[4];
         for (int t = 0; t < 4; ++t) {
-          const int32_t pixel = taps.pixel[t * per_query + m];
+          const int32_t pixel = taps.pixel[t * open + i];
           source[t] = pixel >= 0 ? maps[r] + (image + pixel) * channels : zeros.data();
-          coefficient[t] = attention * taps.weight[t * per_query + m];
+          coefficient[t] = attention * taps.weight[t * open + i];
           mass += coefficient[t];
         }
         const scalar_t *__restrict__ s0 = source[0], *__restrict__ s1 = source[1], *__restrict__ s2 = source[2],
