@@ -83,8 +83,9 @@ scatters instead of the CSR product (40x / 3x slower); a chunked gather + `bmm` 
 (slower on real, local indices); the gather traced for `torch.compile` (inductor fuses gather and
 scatter; tiny x2 training step ratio 0.33 against 0.23 eager pure torch, 1 thread, contended); and a C++
 kernel (`acla/models/gather_kernel.py`, built on first use, pure-torch fallback): one walk over the
-taps, the backward one image per thread without atomics, channel loops unrolled for 16/32/64 channels,
-weight-0 keys skipped: the `fast path, C++ kernel` row.
+taps (per query, the taps of all its keys in one vectorised pass: computed key by key, that scalar work
+had cost more than the gather), the backward one image per thread without atomics, channel loops unrolled
+for 16/32/64 channels, weight-0 keys skipped: the `fast path, C++ kernel` row.
 """
 
 
@@ -179,10 +180,12 @@ Relative to all keys open:
 
 {_table(relative, list(relative.columns), relative_formats)}
 
-Closing keys saves gathers only. The fused walk gathers nothing for a closed key, but its time also holds the
-query's projections (4 R K outputs per pixel), the output product and, with NCHW inputs, the copies of the
-references into rows (in a whole network the backbone lays each reference out once); none of them depends on the
-open keys.
+Closing keys saves gathers only. The fused walk neither gathers nor computes taps for a closed key, but its time
+also holds the query's projections (4 R K outputs per pixel), the reading of all of them and the gate and
+softmax pass over every key, the output product and, with NCHW inputs, the copies of the references into rows (in
+a whole network the backbone lays each reference out once); none of them depends on the open keys. The faster the
+gather, the larger that fixed share: for one module of C 32, R 4 at 320x180 the kernel alone took 15 ms with one
+key open per query against 50 ms with all open (2 threads, 61cfce8).
 """
 
 
