@@ -2,10 +2,11 @@
 
 The pure-torch path needs a dozen elementwise passes over every tap, a sort and a sparse product per
 backward. This kernel walks the taps once: per query, one vectorised pass computes the four bilinear taps
-of all its keys, and the forward sums the weighted rows; the backward, in the same walk, scatters the table's gradient and takes the
-dot products that give the gradients of the positions and of the attention weights. Queries of one
-image only read the maps of that image (rows b*H*W + ...), so the backward runs one image per thread without
-atomics. Each reference map is its own (B, H, W, C) tensor: no stacked copy of the values is made.
+of all its keys, and the forward sums the weighted rows; the backward, in the same walk, scatters the
+table's gradient and takes the dot products that give the gradients of the positions and of the attention
+weights. Queries of one image only read the maps of that image (rows b*H*W + ...), so the backward runs one
+image per thread without atomics. Each reference map is its own (B, H, W, C) tensor: no stacked copy of the
+values is made.
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja,
 once per torch version; cached under ``~/.cache/torch_extensions``). Where that fails (no compiler), or
@@ -74,6 +75,15 @@ struct KeyTaps {
     }
   }
 };
+
+// Key m's fixed offset p_k (k = m % K) along one axis (0: x, 1: y), for the M = R*K keys of a query as ``KeyTaps``
+// reads them. grid: (K, 2).
+template <typename scalar_t>
+std::vector<scalar_t> grid_column(const scalar_t* grid, int64_t keys, int64_t per_query, int axis) {
+  std::vector<scalar_t> column(per_query);
+  for (int64_t m = 0; m < per_query; ++m) column[m] = grid[2 * (m % keys) + axis];
+  return column;
+}
 
 // maps[r]: reference r as rows (B*H*W, C); positions (B, H, W, R, K, 2); weights (B, H, W, R, K) or null
 // (one bag per key, weight 1). FIXED_CHANNELS > 0: C known at compile time (unrolled loops); 0: ``channels``.
@@ -211,8 +221,8 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
   const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
   const int64_t head_width = (gated ? 4 : 3) * per_query;
-  std::vector<scalar_t> grid_x(per_query), grid_y(per_query);  // key m's fixed offset p_k, k = m % K
-  for (int64_t m = 0; m < per_query; ++m) { grid_x[m] = grid[2 * (m % keys)]; grid_y[m] = grid[2 * (m % keys) + 1]; }
+  const std::vector<scalar_t> grid_x = grid_column(grid, keys, per_query, 0);
+  const std::vector<scalar_t> grid_y = grid_column(grid, keys, per_query, 1);
   at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
@@ -280,8 +290,8 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
   const int64_t head_width = (gated ? 4 : 3) * per_query;
   const bool need_maps = !grad_maps.empty();
-  std::vector<scalar_t> grid_x(per_query), grid_y(per_query);  // key m's fixed offset p_k, k = m % K
-  for (int64_t m = 0; m < per_query; ++m) { grid_x[m] = grid[2 * (m % keys)]; grid_y[m] = grid[2 * (m % keys) + 1]; }
+  const std::vector<scalar_t> grid_x = grid_column(grid, keys, per_query, 0);
+  const std::vector<scalar_t> grid_y = grid_column(grid, keys, per_query, 1);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> d_weight(per_query);
     KeyTaps<scalar_t> taps(per_query);
