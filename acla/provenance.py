@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -50,7 +51,9 @@ def data_root_label(root: Path | None) -> str:
 
 
 def git_commit() -> str:
-    """The commit of the source tree (``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    """The commit of the source tree (``+dirty`` when it has uncommitted changes); for a copied tree
+    without ``.git`` (a GPU box gets the files, not the history) ``$ACLA_COMMIT`` marked ``(declared)``,
+    else ``unknown``."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
@@ -58,7 +61,8 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        declared = os.environ.get("ACLA_COMMIT", "").strip()
+        return f"{declared[:12]} (declared)" if declared else "unknown"
     return commit + ("+dirty" if dirty else "")
 
 

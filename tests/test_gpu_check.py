@@ -87,3 +87,17 @@ def test_written_text_names_no_machine_path(tmp_path: Path) -> None:
     text = scrubbed(text, {data: "$ACLA_DATA"})
     assert "corrupt file $ACLA_DATA/Set5/baby.png" in text
     assert str(tmp_path) not in text and str(Path.home()) not in text
+
+
+def test_a_copied_tree_without_git_names_the_commit_it_was_declared_to_be(monkeypatch) -> None:
+    """A GPU box receives the files without ``.git``: the reports then carry ``$ACLA_COMMIT``, marked as declared."""
+    from acla import provenance
+
+    def no_git(*args, **kwargs):
+        raise OSError("git: not a repository")
+
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    monkeypatch.setenv("ACLA_COMMIT", "0123456789abcdef")
+    assert provenance.git_commit() == "0123456789ab (declared)"
+    monkeypatch.delenv("ACLA_COMMIT")
+    assert provenance.git_commit() == "unknown"
