@@ -437,7 +437,14 @@ def sample_taps(maps: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor]) -> 
 
 
 def weighted_gather(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """out[q] = sum_t weights[q, t] * table[index[q, t]]: (Q, T) index and weights, (N, c) table -> (Q, c)."""
+    """out[q] = sum_t weights[q, t] * table[index[q, t]]: (Q, T) index and weights, (N, c) table -> (Q, c).
+
+    A bf16/fp16 table (autocast) is gathered and summed in float32: the sum of 4*R*K taps keeps its
+    precision, and CUDA's ``embedding_bag`` has no bf16 backward for the weights (torch 2.11; found by
+    ``python -m acla gpu-check`` on an H200).
+    """
+    if table.dtype in (torch.bfloat16, torch.float16):
+        return weighted_gather(table.float(), index, weights.float()).to(table.dtype)
     weights = weights.to(table.dtype)
     fast_backward = torch.is_grad_enabled() and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64)
     if fast_backward and (table.requires_grad or weights.requires_grad):
