@@ -40,6 +40,8 @@ struct KeyTaps {
 
   explicit KeyTaps(int64_t count) : pixel(4 * count), weight(4 * count), along_x(4 * count), along_y(4 * count) {}
 
+  // DERIVATIVES: also the weights' derivatives along x and y (only the backward kernels read them)
+  template <bool DERIVATIVES>
   void compute(const scalar_t* __restrict__ offsets, const scalar_t* __restrict__ grid_x,
                const scalar_t* __restrict__ grid_y, scalar_t x, scalar_t y, int64_t height, int64_t width,
                int64_t count) {
@@ -61,8 +63,6 @@ struct KeyTaps {
       const scalar_t one = 1, zero = 0;
       const scalar_t wx0 = in_x0 ? 1 - fx : zero, wx1 = in_x1 ? fx : zero;
       const scalar_t wy0 = in_y0 ? 1 - fy : zero, wy1 = in_y1 ? fy : zero;
-      const scalar_t sx0 = in_x0 ? -one : zero, sx1 = in_x1 ? one : zero;
-      const scalar_t sy0 = in_y0 ? -one : zero, sy1 = in_y1 ? one : zero;
       const int32_t top = iy * w + ix;
       pixels[m] = in_y0 & in_x0 ? top : -1;
       pixels[count + m] = in_y0 & in_x1 ? top + 1 : -1;
@@ -70,8 +70,12 @@ struct KeyTaps {
       pixels[3 * count + m] = in_y1 & in_x1 ? top + w + 1 : -1;
       weights[m] = wy0 * wx0; weights[count + m] = wy0 * wx1;
       weights[2 * count + m] = wy1 * wx0; weights[3 * count + m] = wy1 * wx1;
-      dx[m] = wy0 * sx0; dx[count + m] = wy0 * sx1; dx[2 * count + m] = wy1 * sx0; dx[3 * count + m] = wy1 * sx1;
-      dy[m] = sy0 * wx0; dy[count + m] = sy0 * wx1; dy[2 * count + m] = sy1 * wx0; dy[3 * count + m] = sy1 * wx1;
+      if constexpr (DERIVATIVES) {
+        const scalar_t sx0 = in_x0 ? -one : zero, sx1 = in_x1 ? one : zero;
+        const scalar_t sy0 = in_y0 ? -one : zero, sy1 = in_y1 ? one : zero;
+        dx[m] = wy0 * sx0; dx[count + m] = wy0 * sx1; dx[2 * count + m] = wy1 * sx0; dx[3 * count + m] = wy1 * sx1;
+        dy[m] = sy0 * wx0; dy[count + m] = sy0 * wx1; dy[2 * count + m] = sy1 * wx0; dy[3 * count + m] = sy1 * wx1;
+      }
     }
   }
 };
@@ -98,7 +102,8 @@ void forward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* po
     KeyTaps<scalar_t> taps(per_query);
     for (int64_t q = begin; q < end; ++q) {
       const int64_t image = (q / pixels) * pixels;  // first row of this image in every map
-      taps.compute(positions + 2 * q * per_query, origin.data(), origin.data(), 0, 0, height, width, per_query);
+      taps.template compute<false>(positions + 2 * q * per_query, origin.data(), origin.data(), 0, 0, height, width,
+                                   per_query);
       // the query's weighted sum: in a local row (registers) when the channel count is fixed
       scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
       scalar_t* sum = weights ? (FIXED_CHANNELS > 0 ? local : out + q * channels) : nullptr;
@@ -134,7 +139,8 @@ void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* p
     KeyTaps<scalar_t> taps(per_query);
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t q = b * pixels; q < (b + 1) * pixels; ++q) {
-        taps.compute(positions + 2 * q * per_query, origin.data(), origin.data(), 0, 0, height, width, per_query);
+        taps.template compute<true>(positions + 2 * q * per_query, origin.data(), origin.data(), 0, 0, height, width,
+                                    per_query);
         for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
           const int64_t key = q * per_query + m;
           const scalar_t attention = weights ? weights[key] : scalar_t(1);
@@ -240,15 +246,20 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
       if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
       scalar_t mass = 0;
       const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
-      for (int64_t i = 0; i < open; ++i) {  // the open keys' offsets, packed: a closed key costs no tap either
-        const int32_t m = open_keys[i];
-        open_offsets[2 * i] = offsets[2 * m];
-        open_offsets[2 * i + 1] = offsets[2 * m + 1];
-        open_grid_x[i] = grid_x[m];
-        open_grid_y[i] = grid_y[m];
+      if (open == per_query) {  // every key open (CLA, a fresh ACLA): the taps straight from the heads
+        taps.template compute<false>(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width,
+                                     open);
+      } else {  // the open keys' offsets, packed: a closed key costs no tap either
+        for (int64_t i = 0; i < open; ++i) {
+          const int32_t m = open_keys[i];
+          open_offsets[2 * i] = offsets[2 * m];
+          open_offsets[2 * i + 1] = offsets[2 * m + 1];
+          open_grid_x[i] = grid_x[m];
+          open_grid_y[i] = grid_y[m];
+        }
+        taps.template compute<false>(open_offsets.data(), open_grid_x.data(), open_grid_y.data(), scalar_t(x),
+                                     scalar_t(y), height, width, open);
       }
-      taps.compute(open_offsets.data(), open_grid_x.data(), open_grid_y.data(), scalar_t(x), scalar_t(y), height,
-                   width, open);
       for (int64_t i = 0; i < open; ++i) {  // the open keys only: a closed key reads nothing
         const int64_t m = open_keys[i], r = m / keys;
         const scalar_t attention = weight[m];
@@ -306,7 +317,8 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
         scalar_t* d_head = grad_heads + q * head_width;
         const int64_t y = (q % pixels) / width, x = q % width;
         scalar_t inner = 0;  // <a, da> over the open keys
-        taps.compute(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width, per_query);
+        taps.template compute<true>(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width,
+                                    per_query);
         for (int64_t m = 0, r = 0; r < refs; ++r) for (int64_t k = 0; k < keys; ++k, ++m) {
           const scalar_t attention = weight[m];
           d_weight[m] = d_head[2 * m] = d_head[2 * m + 1] = 0;
