@@ -354,10 +354,14 @@ def test_the_fast_path_counts_the_flops_of_the_reference_path(name: str, logits:
     assert reference > 0
 
 
+@pytest.mark.parametrize("gate_bias", [0.0, -3.0])  # about half the keys open; a few, or none but the best
 @pytest.mark.parametrize("channels", [6, 16])  # the kernel's generic loop and its unrolled one
 @pytest.mark.parametrize("logits", ["predicted", "dot"])
-def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str, gather: str, channels: int) -> None:
+def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str, gather: str, channels: int,
+                                                                    gate_bias: float) -> None:
     module = randomise(build_attention("acla", channels, 3, num_keys=9, logits=logits, gate_bias=0.0).double(), 13).eval()
+    with torch.no_grad():
+        module.gate.bias.add_(gate_bias)
     with torch.no_grad():
         module.offset.weight.mul_(6.0)  # keys off the grid, between pixels and outside the map
     query, *refs = maps(2, channels, 5, 7, count=4, seed=14)
@@ -369,7 +373,10 @@ def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str,
         counts, budget = module.open_key_counts.clone(), module.key_budget.clone()
         module.fast = False
         dense = module(query, refs)  # the reference: every key gathered, closed ones weighted 0
-    assert 0.2 < float(counts.mean()) / 27 < 0.8
+    if gate_bias == 0:
+        assert 0.2 < float(counts.mean()) / 27 < 0.8
+    else:  # the kernel's few-open-keys walk, and queries whose gates all shut (the best-scored key alone opens)
+        assert float(counts.max()) <= 27 / 4 and float(counts.min()) == 1
     assert torch.allclose(skipping, dense, rtol=0, atol=1e-12)
     assert torch.equal(counts, module.open_key_counts.to(counts.dtype))
     assert torch.allclose(budget.double(), module.key_budget.double(), atol=1e-7)

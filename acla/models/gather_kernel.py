@@ -185,22 +185,50 @@ void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* p
 // have if it opened, exp(min(e - top, 0)) / total, which is what the straight-through gradient needs (the backward
 // reads the sign: open or closed). open_keys: the open keys' indices, in order; returns their count.
 template <typename scalar_t>
+int64_t first_maximum(const scalar_t* scores, int64_t count) {  // as torch.argmax, for scores without NaN
+  scalar_t highest = scores[0];
+#pragma omp simd reduction(max : highest)
+  for (int64_t m = 1; m < count; ++m) highest = scores[m] > highest ? scores[m] : highest;
+  for (int64_t m = 0; m < count; ++m) if (scores[m] == highest) return m;
+  return 0;
+}
+
+template <typename scalar_t>
 int64_t key_weights(const scalar_t* logits, const scalar_t* scores, const scalar_t* relaxed, int64_t count,
                     scalar_t* weight, int32_t* open_keys) {
-  int64_t best = 0, open = 0;
-  if (scores) for (int64_t m = 1; m < count; ++m) if (scores[m] > scores[best]) best = m;  // first maximum, as argmax
-  scalar_t top = -std::numeric_limits<scalar_t>::infinity(), total = 0;
-  const scalar_t closed = -std::numeric_limits<scalar_t>::infinity();
+  const auto gate = [&](int64_t m) { return relaxed ? relaxed[m] > scalar_t(0.5) : (scores ? scores[m] > 0 : true); };
+  int64_t open = 0;
   for (int64_t m = 0; m < count; ++m) {  // no branch on the gate: half-open gates would mispredict every other key
-    const scalar_t logit = logits[m];
-    const bool gate = relaxed ? relaxed[m] > scalar_t(0.5) : (scores ? scores[m] > 0 : true);
-    const bool is_open = gate | (m == best);
-    weight[m] = 0;
     open_keys[open] = static_cast<int32_t>(m);
-    open += is_open;
-    const scalar_t candidate = is_open ? logit : closed;
-    top = candidate > top ? candidate : top;
+    open += gate(m);
   }
+  // (S7) the best-scored key opens too. At inference it already is open whenever any key is (its s is the largest,
+  // so > 0), so only a query with every gate shut, or a training query, looks for it.
+  int64_t best = -1;
+  if (scores && (relaxed || open == 0)) {
+    best = first_maximum(scores, count);
+    int64_t at = 0;
+    while (at < open && open_keys[at] < best) ++at;
+    if (at == open || open_keys[at] != best) {  // insert, keeping the list in key order
+      for (int64_t i = open; i > at; --i) open_keys[i] = open_keys[i - 1];
+      open_keys[at] = static_cast<int32_t>(best);
+      ++open;
+    }
+  }
+  // Few open keys (trained gates: often one): the top logit and the division walk the list; many: contiguous passes
+  // over every key (the division vectorises). The same numbers either way: a closed key's weight stays 0.
+  const bool few = !relaxed && 4 * open <= count;
+  scalar_t top = -std::numeric_limits<scalar_t>::infinity(), total = 0;
+  if (few) {
+    for (int64_t i = 0; i < open; ++i) top = logits[open_keys[i]] > top ? logits[open_keys[i]] : top;
+  } else {
+    const scalar_t closed = -std::numeric_limits<scalar_t>::infinity();
+    for (int64_t m = 0; m < count; ++m) {
+      const scalar_t candidate = gate(m) | (m == best) ? logits[m] : closed;
+      top = candidate > top ? candidate : top;
+    }
+  }
+  std::fill(weight, weight + count, scalar_t(0));
   for (int64_t i = 0; i < open; ++i) {
     const int32_t m = open_keys[i];
     total += weight[m] = std::exp(std::min(logits[m] - top, scalar_t(0)));
@@ -209,7 +237,8 @@ int64_t key_weights(const scalar_t* logits, const scalar_t* scores, const scalar
     if (i < open && open_keys[i] == m) ++i;
     else weight[m] = -std::exp(std::min(logits[m] - top, scalar_t(0)));
   }
-  for (int64_t m = 0; m < count; ++m) weight[m] /= total;
+  if (few) for (int64_t i = 0; i < open; ++i) weight[open_keys[i]] /= total;  // a closed key stays 0
+  else for (int64_t m = 0; m < count; ++m) weight[m] /= total;
   return open;
 }
 
