@@ -6,7 +6,8 @@ the given fraction of each query's R*K keys is open. Four paths, timed in interl
 walk (CPU: gates, softmax over the open keys and their bilinear sum in one pass per query, W_v folded into
 W_z), the fast path with the C++ gather kernel only (it skips weight-0 keys; the gates and softmax in torch),
 the fast path in pure torch (packed bags of the open keys), and the reference path (every key gathered,
-closed ones weighted 0).
+closed ones weighted 0). Every fraction and path is timed in the same interleaved rounds (one module per
+fraction), so that the ratios between fractions do not hold the machine's drift.
 ``--channels-last``: query and references in channels-last memory, as a channels-last network hands them (the
 fused walk then copies none), results in ``open_keys_<device>_channels_last.csv``.
 Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3] [--channels-last]``.
@@ -15,6 +16,7 @@ Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3] [--c
 from __future__ import annotations
 
 from contextlib import nullcontext
+from copy import deepcopy
 
 import pandas as pd
 import seaborn as sns
@@ -43,37 +45,42 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
     kernel = gather_kernel.load() if device.type == "cpu" else None
     paths = {"fused C++ walk": kernel, "fast, C++ gather kernel": kernel, "fast, pure torch": None,
              "reference (dense)": None} if kernel else {"fast, pure torch": None, "reference (dense)": None}
+    opened = {fraction: max(1, round(fraction * refs * keys)) for fraction in FRACTIONS}
+    modules = {fraction: with_open_keys(module, count) for fraction, count in opened.items()}
 
-    def call(path: str):
+    def call(fraction: float, path: str):
         def step() -> None:
             gather_kernel._kernel = paths[path]
-            module.fast = not path.startswith("reference")
+            modules[fraction].fast = not path.startswith("reference")
             with without_fused_walk() if path == "fast, C++ gather kernel" else nullcontext(), torch.inference_mode():
-                module(query, reference_maps)
+                modules[fraction](query, reference_maps)
 
         return step
 
-    rows = []
-    try:
-        for fraction in FRACTIONS:
-            opened = max(1, round(fraction * refs * keys))
-            with torch.no_grad():  # exactly ``opened`` keys open for every query
-                module.gate.weight.zero_()
-                module.gate.bias.fill_(-10.0)
-                module.gate.bias[torch.randperm(refs * keys)[:opened]] = 10.0
-            seconds = interleaved_seconds({path: call(path) for path in paths}, device, repeats)
-            for path in paths:
-                rows.append({"path": path, "open_fraction": opened / (refs * keys), "open_keys": opened,
-                             "seconds": seconds[path], "size": f"{width}x{height}", "channels": channels,
-                             "refs": refs, "keys": keys, "device": device_name(device),
-                             "layout": "channels-last" if channels_last else "contiguous (NCHW)"})
-                print(rows[-1], flush=True)
+    steps = {(fraction, path): call(fraction, path) for fraction in FRACTIONS for path in paths}
+    try:  # every fraction and path in the same rounds: the ratios between fractions see the same drift
+        seconds = interleaved_seconds(steps, device, repeats)
     finally:
         gather_kernel._kernel = kernel
+    rows = [{"path": path, "open_fraction": opened[fraction] / (refs * keys), "open_keys": opened[fraction],
+             "seconds": seconds[(fraction, path)], "size": f"{width}x{height}", "channels": channels, "refs": refs,
+             "keys": keys, "device": device_name(device),
+             "layout": "channels-last" if channels_last else "contiguous (NCHW)"} for fraction, path in steps]
     frame = pd.DataFrame(rows)
     all_open = frame[frame.open_fraction == 1.0].set_index("path")["seconds"]
     frame["relative_to_all_open"] = frame["seconds"] / frame["path"].map(all_open)
+    print(frame.to_string(), flush=True)
     return frame
+
+
+def with_open_keys(module: torch.nn.Module, opened: int) -> torch.nn.Module:
+    """A copy of ``module`` whose gates open exactly ``opened`` keys (the same random ones) at every query."""
+    copy = deepcopy(module)
+    with torch.no_grad():
+        copy.gate.weight.zero_()
+        copy.gate.bias.fill_(-10.0)
+        copy.gate.bias[torch.randperm(copy.keys_per_query)[:opened]] = 10.0
+    return copy
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import argparse
 import os
 import platform
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,10 +41,11 @@ def inference_arguments(doc: str | None, *, repeats: int) -> argparse.ArgumentPa
     return parser
 
 
-def interleaved_seconds(steps: dict[str, Callable[[], None]], device: torch.device, rounds: int) -> dict[str, float]:
+def interleaved_seconds(steps: dict[Hashable, Callable[[], None]], device: torch.device,
+                        rounds: int) -> dict[Hashable, float]:
     """Median seconds of each step over ``rounds`` rounds of one call of every step (after a warm-up round),
     so that drift on a shared machine hits every step alike."""
-    samples: dict[str, list[float]] = {name: [] for name in steps}
+    samples: dict[Hashable, list[float]] = {name: [] for name in steps}
     for round_index in range(rounds + 1):
         for name, step in steps.items():
             seconds = median_seconds(step, device, repeats=1, warmup=0)
