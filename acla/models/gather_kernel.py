@@ -177,15 +177,9 @@ void backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* p
   });
 }
 
-// (S3)-(S7) for one query: the softmax weight of each of its M = R*K keys, from its logits and, with gates, its gate
-// scores s. Gates: s > 0 at inference; in training the hard sample relaxed > 1/2 of the relaxed gate
-// sigmoid((s + n) / tau) (computed by torch, which also takes its gradient). The best-scored key is always open. The
-// softmax runs over the open keys only: a closed key weighs 0 and, at inference, costs no exp. Without gates (CLA)
-// every key is open: the plain softmax (S4). With training gates a closed key's entry is minus the weight it would
-// have if it opened, exp(min(e - top, 0)) / total, which is what the straight-through gradient needs (the backward
-// reads the sign: open or closed). open_keys: the open keys' indices, in order; returns their count.
+// The index of the first largest score: torch.argmax for scores without NaN (with NaN the two may differ).
 template <typename scalar_t>
-int64_t first_maximum(const scalar_t* scores, int64_t count) {  // as torch.argmax, for scores without NaN
+int64_t first_maximum(const scalar_t* scores, int64_t count) {
   scalar_t highest = scores[0];
 #pragma omp simd reduction(max : highest)
   for (int64_t m = 1; m < count; ++m) highest = scores[m] > highest ? scores[m] : highest;
@@ -193,6 +187,13 @@ int64_t first_maximum(const scalar_t* scores, int64_t count) {  // as torch.argm
   return 0;
 }
 
+// (S3)-(S7) for one query: the softmax weight of each of its M = R*K keys, from its logits and, with gates, its gate
+// scores s. Gates: s > 0 at inference; in training the hard sample relaxed > 1/2 of the relaxed gate
+// sigmoid((s + n) / tau) (computed by torch, which also takes its gradient). The best-scored key is always open. The
+// softmax runs over the open keys only: a closed key weighs 0 and, at inference, costs no exp. Without gates (CLA)
+// every key is open: the plain softmax (S4). With training gates a closed key's entry is minus the weight it would
+// have if it opened, exp(min(e - top, 0)) / total, which is what the straight-through gradient needs (the backward
+// reads the sign: open or closed). open_keys: the open keys' indices, in order; returns their count.
 template <typename scalar_t>
 int64_t key_weights(const scalar_t* logits, const scalar_t* scores, const scalar_t* relaxed, int64_t count,
                     scalar_t* weight, int32_t* open_keys) {
