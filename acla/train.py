@@ -436,7 +436,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and settings.mixed_precision else nullcontext()
     live = None
     if context.main:
-        live = open_live(out_dir / "dvclive", resume=bool(resume))
+        live = open_live(out_dir / "dvclive", resume=bool(resume), last_step=max(start - 1, 0))
         live.log_param("global_batch", settings.batch_size)
         live.log_param("ranks", context.world)
 
