@@ -79,23 +79,21 @@ class TsvLive:
         (self.directory / "metrics.json").write_text(json.dumps(self.summary, indent=4) + "\n")
 
 
-def repair_summary(directory: str | Path, last_step: int) -> bool:
-    """Rewrite an unreadable ``metrics.json`` as ``{"step": last_step}``; whether it had to.
+def repair_summary(directory: str | Path, last_step: int) -> None:
+    """Rewrite an unreadable ``metrics.json`` as ``{"step": last_step}``.
 
     dvclive (and ``TsvLive``) write it with a plain write once per step, so a run killed during that write
     leaves it empty or cut, and resuming would fail on it. The checkpoint's last step is what resuming needs.
     """
     metrics = Path(directory) / "metrics.json"
     if not metrics.is_file():
-        return False
+        return
     try:
         json.loads(metrics.read_text())
-        return False
     except (json.JSONDecodeError, UnicodeDecodeError):
         atomic_write_text(metrics, json.dumps({"step": last_step}, indent=4) + "\n")
         print(f"warning: {metrics} was cut short (a run killed while writing it); rewritten at step {last_step}",
               file=sys.stderr, flush=True)
-        return True
 
 
 def open_live(directory: str | Path, resume: bool = False, last_step: int = 0):
