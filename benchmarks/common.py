@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 from collections.abc import Callable, Hashable
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ import torch
 
 from acla.efficiency import median_seconds, peak_memory_bytes
 from acla.files import atomic_save_figure, atomic_write_text
+from acla.provenance import device_name  # noqa: F401 - re-exported: every benchmark names its device as the study does
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "benchmarks"
 
@@ -52,12 +52,6 @@ def interleaved_seconds(steps: dict[Hashable, Callable[[], None]], device: torch
             if round_index:  # round 0 warms up
                 samples[name].append(seconds)
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def gather_implementation(device: torch.device) -> str:

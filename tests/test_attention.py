@@ -310,12 +310,38 @@ def test_the_kernel_op_passes_opcheck() -> None:
     torch.library.opcheck(attention.kernel_gather, (positions, weights, maps))  # weighted sums
     torch.library.opcheck(attention.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
     grid = attention.key_grid(4).double()
+    empty = torch.empty(0, dtype=torch.float64)
     for gated in (False, True):  # the fused walk: CLA's heads, ACLA's, with and without relaxed training gates
         heads = torch.randn(1, 3, 4, (4 if gated else 3) * 2 * 4, generator=generator, dtype=torch.float64)
-        relaxed = [heads.new_empty(0)] + ([torch.rand(1, 3, 4, 2 * 4, generator=generator, dtype=torch.float64)
-                                           .requires_grad_()] if gated else [])
+        probability = torch.sigmoid(heads[..., -8:]) if gated else empty
+        relaxed = [empty] + ([torch.rand(1, 3, 4, 2 * 4, generator=generator, dtype=torch.float64)] if gated else [])
         for gates in relaxed:
-            torch.library.opcheck(attention.kernel_attend, (maps, heads.requires_grad_(), gates, grid, gated))
+            torch.library.opcheck(attention.kernel_attend, (maps, heads.requires_grad_(), gates, probability, grid,
+                                                            gated, 0.5))
+
+
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_the_kernels_key_budget_gradient_is_torchs_bit_for_bit(relaxed: bool) -> None:
+    # The fused walk's backward writes the gate scores' gradient itself, in the order torch's mean and sigmoid
+    # backward round (no fused multiply-add): float32 training then matches the torch graph it replaced exactly. With
+    # the sums' gradient zero, the relaxed gates' part is zero and the key budget's is left.
+    if gather_kernel.load() is None:
+        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    generator = torch.Generator().manual_seed(19)
+    keys = 2 * 9
+    maps_ = [torch.randn(2, 5, 6, 16, generator=generator) for _ in range(2)]
+    heads = (torch.randn(2, 5, 6, 4 * keys, generator=generator) * 3).requires_grad_()
+    scores = heads.detach()[..., -keys:]
+    probability = attention.gate_probabilities(scores)
+    gates = torch.rand(2, 5, 6, keys, generator=generator) if relaxed else heads.new_empty(0)
+    *_, budget = attention.kernel_attend(maps_, heads, gates, probability, attention.key_grid(9), True, 0.5)
+    (budget * 0.37).backward()
+    # the graph the module ran before: autograd through the sigmoid of the heads' last columns (a strided slice: torch's
+    # sigmoid rounds a few values differently on contiguous input)
+    leaf = heads.detach().clone().requires_grad_()
+    (torch.sigmoid(leaf[..., -keys:]).mean() * 0.37).backward()
+    assert torch.equal(heads.grad[..., -keys:], leaf.grad[..., -keys:])
+    assert not heads.grad[..., :-keys].any()  # the sums' gradient was zero
 
 
 def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:

@@ -233,7 +233,7 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def gate_values(self, scores: torch.Tensor) -> torch.Tensor:
         """(S6)-(S7) gates (B, H, W, R*K) from the gate logits ``scores`` s (B, H, W, R*K)."""
-        self.key_budget = torch.sigmoid(scores.float()).mean()  # (S8) expected fraction of open keys
+        self.key_budget = gate_probabilities(scores).mean()  # (S8) expected fraction of open keys
         if self.training:
             relaxed = self.relaxed_gates(scores)
             hard = relaxed > 0.5
@@ -307,14 +307,20 @@ class SampledCrossLayerAttention(AttentionBase):
         rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
         # (S1) offsets, (S3) logits, (S6) gate scores; in the maps' dtype (autocast computes them in bf16)
         heads = self.project_query(rows).to(query.dtype)
-        relaxed = heads.new_empty(0)
+        relaxed = probability = heads.new_empty(0)
         if self.adaptive:
-            scores = heads[..., -self.keys_per_query:]
-            self.key_budget = torch.sigmoid(scores.float()).mean()  # (S8)
-            if self.training:  # (S6) the kernel opens relaxed > 1/2; the gates' gradient reaches s through relaxed
-                relaxed = self.relaxed_gates(scores)
+            # Computed here without autograd: the kernel's backward writes the gate scores' gradient into the heads'
+            # (``gate_score_gradients``), saving the graph of a slice of the heads, two sigmoids and a division.
+            scores = heads.detach()[..., -self.keys_per_query:]
+            with torch.no_grad():
+                probability = gate_probabilities(scores)  # (S8) the key budget is their mean
+                if self.training:  # (S6) the kernel opens relaxed > 1/2
+                    relaxed = self.relaxed_gates(scores)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]  # raw F^r as rows (the op makes them contiguous)
-        summed, counts, _ = kernel_attend(maps, heads, relaxed, self.grid.to(query.dtype), self.adaptive)
+        summed, counts, _, budget = kernel_attend(maps, heads, relaxed, probability, self.grid.to(query.dtype),
+                                                  self.adaptive, self.temperature)
+        if self.adaptive:
+            self.key_budget = budget  # (S8)
         w_z = self.output.weight.flatten(1)
         weight = torch.cat([w_z @ self.value.weight.flatten(1), (w_z @ self.value.bias).unsqueeze(1)], dim=1)
         self.open_key_counts = counts  # (S7)
@@ -380,6 +386,11 @@ class SampledCrossLayerAttention(AttentionBase):
             torch.contiguous_format
         )
         return self.output(aggregated.permute(0, 3, 1, 2)).contiguous(memory_format=output_format)  # (S5) W_z
+
+
+def gate_probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """(S8) sigmoid(s) of the gate logits, in at least float32 (a mean of many bf16 values would drift)."""
+    return torch.sigmoid(scores.to(torch.promote_types(scores.dtype, torch.float32)))
 
 
 def rows_linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
@@ -588,56 +599,64 @@ def kernel_gather_backward(positions: torch.Tensor, weights: torch.Tensor, maps:
 
 
 @torch.library.custom_op("acla::attend", mutates_args=())
-def kernel_attend(maps: list[torch.Tensor], heads: torch.Tensor, relaxed: torch.Tensor, grid: torch.Tensor,
-                  gated: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def kernel_attend(maps: list[torch.Tensor], heads: torch.Tensor, relaxed: torch.Tensor, probability: torch.Tensor,
+                  grid: torch.Tensor, gated: bool,
+                  temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``SampledCrossLayerAttention.fused_walk``'s kernel walk: raw reference rows R x (B, H, W, C), the query's heads
-    (B, H, W, (3 or 4)*R*K; 4 with gates), the relaxed training gates (B, H, W, R*K) or empty, the key grid (K, 2) ->
-    the weighted sums (B, H, W, C + 1), the open-key counts (B, H, W) and the softmax weights (B, H, W, R*K; what the
-    backward reads). A custom op, so that ``torch.compile`` keeps it whole; its backward is
-    ``kernel_attend_backward``."""
-    return tuple(gather_kernel.load().attend_forward([rows.contiguous() for rows in maps], heads.contiguous(),
-                                                     relaxed.contiguous(), grid.contiguous(), gated))
+    (B, H, W, (3 or 4)*R*K; 4 with gates), the relaxed training gates (B, H, W, R*K) at ``temperature`` or empty, the
+    gate probabilities sigmoid(s) (B, H, W, R*K) or empty, the key grid (K, 2) -> the weighted sums (B, H, W, C + 1),
+    the open-key counts (B, H, W), the softmax weights (B, H, W, R*K; what the backward reads) and the key budget
+    (S8), the probabilities' mean (0 without them). The gates and probabilities are inputs without a gradient: the
+    backward gives the gate scores (in the heads) theirs. A custom op, so that ``torch.compile`` keeps it whole; its
+    backward is ``kernel_attend_backward``."""
+    out, counts, softmax = gather_kernel.load().attend_forward([rows.contiguous() for rows in maps], heads.contiguous(),
+                                                               relaxed.contiguous(), grid.contiguous(), gated)
+    budget = probability.mean() if probability.numel() else probability.new_zeros(())
+    return out, counts, softmax, budget
 
 
 @kernel_attend.register_fake
-def _(maps, heads, relaxed, grid, gated):
+def _(maps, heads, relaxed, probability, grid, gated, temperature):
     keys = len(maps) * grid.shape[0]
     return (heads.new_empty((*heads.shape[:3], maps[0].shape[-1] + 1)), heads.new_empty(heads.shape[:3]),
-            heads.new_empty((*heads.shape[:3], keys)))
+            heads.new_empty((*heads.shape[:3], keys)), probability.new_empty(()))
 
 
 @torch.library.custom_op("acla::attend_backward", mutates_args=())
-def kernel_attend_backward(maps: list[torch.Tensor], heads: torch.Tensor, softmax: torch.Tensor, grid: torch.Tensor,
-                           gated: bool, grad: torch.Tensor, need_maps: bool, need_relaxed: bool) -> list[torch.Tensor]:
-    """Gradients of ``kernel_attend`` for its sums' gradient ``grad``, from its softmax weights: the R maps' (when
-    ``need_maps``), the heads' (zero for the gate scores) and the relaxed gates' (empty unless ``need_relaxed``)."""
+def kernel_attend_backward(maps: list[torch.Tensor], heads: torch.Tensor, softmax: torch.Tensor, relaxed: torch.Tensor,
+                           probability: torch.Tensor, temperature: float, grad_budget: torch.Tensor,
+                           grid: torch.Tensor, gated: bool, grad: torch.Tensor, need_maps: bool) -> list[torch.Tensor]:
+    """Gradients of ``kernel_attend`` for its sums' gradient ``grad`` and its key budget's ``grad_budget`` (0-dim, or
+    empty for none), from its softmax weights: the R maps' (when ``need_maps``) and the heads', the gate scores'
+    included (the relaxed gates' straight-through gradient and the key budget's)."""
     return gather_kernel.load().attend_backward([rows.contiguous() for rows in maps], heads.contiguous(),
-                                                softmax.contiguous(), grid.contiguous(), gated, grad.contiguous(),
-                                                need_maps, need_relaxed)
+                                                softmax.contiguous(), relaxed.contiguous(), probability.contiguous(),
+                                                temperature, grad_budget, grid.contiguous(), gated, grad.contiguous(),
+                                                need_maps)
 
 
 @kernel_attend_backward.register_fake
-def _(maps, heads, softmax, grid, gated, grad, need_maps, need_relaxed):
+def _(maps, heads, softmax, relaxed, probability, temperature, grad_budget, grid, gated, grad, need_maps):
     # the kernel writes contiguous gradients, whatever the strides of its inputs
-    return [*(rows.new_empty(rows.shape) for rows in (*(maps if need_maps else []), heads)),
-            softmax.new_empty(softmax.shape if need_relaxed else (0,))]
+    return [rows.new_empty(rows.shape) for rows in (*(maps if need_maps else []), heads)]
 
 
 def _save_attend_inputs(ctx, inputs, output) -> None:
-    maps, heads, relaxed, grid, gated = inputs
-    ctx.save_for_backward(heads, output[2], grid, *maps)
-    ctx.gated = gated
+    maps, heads, relaxed, probability, grid, gated, temperature = inputs
+    ctx.save_for_backward(heads, output[2], relaxed, probability, grid, *maps)
+    ctx.gated, ctx.temperature = gated, temperature
     ctx.mark_non_differentiable(output[1], output[2])  # the open-key counts, the softmax weights
 
 
-def _kernel_attend_gradients(ctx, grad, _grad_counts, _grad_softmax):
-    heads, softmax, grid, *maps = ctx.saved_tensors
+def _kernel_attend_gradients(ctx, grad, _grad_counts, _grad_softmax, grad_budget):
+    heads, softmax, relaxed, probability, grid, *maps = ctx.saved_tensors
     need_maps = any(ctx.needs_input_grad[0])  # one flag per map
-    need_relaxed = ctx.needs_input_grad[2]
-    *grad_maps, grad_heads, grad_relaxed = kernel_attend_backward(maps, heads, softmax, grid, ctx.gated, grad,
-                                                                  need_maps, need_relaxed)
-    return (grad_maps if need_maps else [None] * len(maps), grad_heads, grad_relaxed if need_relaxed else None,
-            None, None)
+    grad_budget = grad_budget if grad_budget is not None else probability.new_empty(0)
+    *grad_maps, grad_heads = kernel_attend_backward(maps, heads, softmax, relaxed, probability, ctx.temperature,
+                                                    grad_budget, grid, ctx.gated, grad, need_maps)
+    # the gates and probabilities get none: they are computed from the heads without autograd, and the heads' gradient
+    # holds theirs
+    return grad_maps if need_maps else [None] * len(maps), grad_heads, None, None, None, None, None
 
 
 kernel_attend.register_autograd(_kernel_attend_gradients, setup_context=_save_attend_inputs)
@@ -670,7 +689,8 @@ def _kernel_gather_flops(positions_shape, weights_shape, maps_shapes, *args, out
 
 
 @register_flop_formula(torch.ops.acla.attend)
-def _kernel_attend_flops(maps_shapes, heads_shape, relaxed_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
+def _kernel_attend_flops(maps_shapes, heads_shape, relaxed_shape, probability_shape, grid_shape, *args, out_shape=None,
+                         **kwargs) -> int:
     """The fused walk's gather, counted as ``bilinear_gather``'s (4 taps per key, closed ones included), and its
     softmax, counted as ``acla.efficiency`` counts ``_softmax`` (5 per key); the projections around it are counted
     as the matrix products they are."""
@@ -679,10 +699,10 @@ def _kernel_attend_flops(maps_shapes, heads_shape, relaxed_shape, grid_shape, *a
 
 
 @register_flop_formula(torch.ops.acla.attend_backward)
-def _kernel_attend_backward_flops(maps_shapes, heads_shape, softmax_shape, grid_shape, *args, out_shape=None,
-                                  **kwargs) -> int:
+def _kernel_attend_backward_flops(maps_shapes, heads_shape, softmax_shape, relaxed_shape, probability_shape,
+                                  temperature, grad_budget_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
     """A dot product and a scatter per tap, and the softmax's gradient: twice the forward."""
-    return 2 * _kernel_attend_flops(maps_shapes, heads_shape, softmax_shape, grid_shape)
+    return 2 * _kernel_attend_flops(maps_shapes, heads_shape, softmax_shape, probability_shape, grid_shape)
 
 
 @register_flop_formula(torch.ops.acla.bilinear_gather_backward)

@@ -189,7 +189,7 @@ int64_t first_maximum(const scalar_t* scores, int64_t count) {
 
 // (S3)-(S7) for one query: the softmax weight of each of its M = R*K keys, from its logits and, with gates, its gate
 // scores s. Gates: s > 0 at inference; in training the hard sample relaxed > 1/2 of the relaxed gate
-// sigmoid((s + n) / tau) (computed by torch, which also takes its gradient). The best-scored key is always open. The
+// sigmoid((s + n) / tau) (computed by torch; ``gate_score_gradients`` gives its gradient). The best-scored key is always open. The
 // softmax runs over the open keys only: a closed key weighs 0 and, at inference, costs no exp. Without gates (CLA)
 // every key is open: the plain softmax (S4). With training gates a closed key's entry is minus the weight it would
 // have if it opened, exp(min(e - top, 0)) / total, which is what the straight-through gradient needs (the backward
@@ -314,19 +314,46 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
   });
 }
 
+// (S6)-(S8) the gate scores' gradient of one query's M keys: the straight-through gates' ((g (1 - r)) r) / tau, g the
+// relaxed gate's gradient (what torch's sigmoid and division backward compute from it, r = sigmoid((s + n) / tau)),
+// plus the key budget's ((share (1 - p)) p), share its gradient over its count and p = sigmoid(s) (the mean's and the
+// sigmoid's backward). Each operation rounds as torch's do: no fused multiply-add (GCC contracts across statements
+// unless told not to), so the gradients equal those of the torch graph this replaces, bit for bit.
+template <typename scalar_t>
+__attribute__((noinline, optimize("fp-contract=off")))
+void gate_score_gradients(const scalar_t* __restrict__ relaxed_gradient, const scalar_t* __restrict__ relaxed,
+                          scalar_t temperature, const scalar_t* __restrict__ probability, scalar_t share,
+                          int64_t count, scalar_t* __restrict__ out) {
+  for (int64_t m = 0; m < count; ++m) {
+    scalar_t gradient = 0;
+    if (relaxed) {
+      const scalar_t through_sigmoid = relaxed_gradient[m] * (scalar_t(1) - relaxed[m]);
+      const scalar_t scaled = through_sigmoid * relaxed[m];
+      gradient = scaled / temperature;
+    }
+    if (probability) {
+      const scalar_t through_sigmoid = share * (scalar_t(1) - probability[m]);
+      const scalar_t budget = through_sigmoid * probability[m];
+      gradient = relaxed ? gradient + budget : budget;
+    }
+    out[m] = gradient;
+  }
+}
+
 // The gradients of ``attend_forward_kernel`` from its saved softmax: grad (B, H, W, C + 1) of its sums ->
-// grad_maps[r] (rows of the raw references, added to; empty when not needed), grad_heads (B, H, W, head width; the
-// gate scores' entries 0: their gradient reaches them through the relaxed gates, in torch) and grad_relaxed
-// (B, H, W, R*K) or null. Per key, u_t = <grad[:C], F[row_t]> + grad[C] for each tap gives the weight's gradient
+// grad_maps[r] (rows of the raw references, added to; empty when not needed) and grad_heads (B, H, W, head width),
+// the gate scores' entries from ``gate_score_gradients``: relaxed (B, H, W, R*K) the relaxed training gates or null,
+// probability (B, H, W, R*K) the gate probabilities of the key budget or null (no budget gradient). Per key, u_t = <grad[:C], F[row_t]> + grad[C] for each tap gives the weight's gradient
 // da = sum_t w_t u_t and, times the weight, the position's (sum_t dw_t/dx u_t). With d = da - <a, da>: the logits
 // get a d (the softmax over the open keys), the straight-through gates |a| d, closed keys included (their samples
 // are read for it, never scattered to). One image per thread: its taps stay in its own rows.
 template <typename scalar_t, int FIXED_CHANNELS>
 void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* heads, const scalar_t* softmax,
-                            const scalar_t* grid, bool gated, const scalar_t* __restrict__ grad,
-                            const std::vector<scalar_t*>& grad_maps, scalar_t* __restrict__ grad_heads,
-                            scalar_t* grad_relaxed, int64_t batch, int64_t height, int64_t width, int64_t keys,
-                            int64_t runtime_channels) {
+                            const scalar_t* relaxed, const scalar_t* probability, scalar_t temperature,
+                            scalar_t budget_share, const scalar_t* grid, bool gated,
+                            const scalar_t* __restrict__ grad, const std::vector<scalar_t*>& grad_maps,
+                            scalar_t* __restrict__ grad_heads, int64_t batch, int64_t height, int64_t width,
+                            int64_t keys, int64_t runtime_channels) {
   const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
   const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
   const int64_t head_width = (gated ? 4 : 3) * per_query;
@@ -334,7 +361,7 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
   const std::vector<scalar_t> grid_x = grid_column(grid, keys, per_query, 0);
   const std::vector<scalar_t> grid_y = grid_column(grid, keys, per_query, 1);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> d_weight(per_query);
+    std::vector<scalar_t> d_weight(per_query), d_relaxed(per_query);
     KeyTaps<scalar_t> taps(per_query);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
     std::vector<scalar_t> junk(4 * channels);  // written in place of a tap outside the map (or without map grads)
@@ -402,8 +429,12 @@ void attend_backward_kernel(const std::vector<const scalar_t*>& maps, const scal
         for (int64_t m = 0; m < per_query; ++m) {
           const scalar_t centred = d_weight[m] - inner;
           d_head[2 * per_query + m] = weight[m] > 0 ? weight[m] * centred : scalar_t(0);  // (S4)
-          if (gated) d_head[3 * per_query + m] = 0;
-          if (grad_relaxed) grad_relaxed[q * per_query + m] = std::abs(weight[m]) * centred;  // (S6) straight-through
+          d_relaxed[m] = std::abs(weight[m]) * centred;  // (S6) the straight-through gate's, closed keys included
+        }
+        if (gated) {
+          gate_score_gradients(d_relaxed.data(), relaxed ? relaxed + q * per_query : nullptr, temperature,
+                               probability ? probability + q * per_query : nullptr, budget_share, per_query,
+                               d_head + 3 * per_query);
         }
       }
     }
@@ -491,28 +522,34 @@ std::vector<torch::Tensor> attend_forward(std::vector<torch::Tensor> maps, torch
   return {out, counts, softmax};
 }
 
-// The gradients of ``attend_forward`` for grad (B, H, W, C + 1), from its softmax: the R maps' (when need_maps), the
-// heads' and the relaxed gates' (empty unless need_relaxed).
+// The gradients of ``attend_forward`` for grad (B, H, W, C + 1), from its softmax: the R maps' (when need_maps) and the
+// heads'. relaxed: the relaxed training gates (B, H, W, R*K) at temperature tau, or empty; probability: the gate
+// probabilities (B, H, W, R*K) whose mean is the key budget, and grad_budget that mean's gradient (0-dim), or both
+// empty.
 std::vector<torch::Tensor> attend_backward(std::vector<torch::Tensor> maps, torch::Tensor heads, torch::Tensor softmax,
-                                           torch::Tensor grid, bool gated, torch::Tensor grad, bool need_maps,
-                                           bool need_relaxed) {
+                                           torch::Tensor relaxed, torch::Tensor probability, double temperature,
+                                           torch::Tensor grad_budget, torch::Tensor grid, bool gated,
+                                           torch::Tensor grad, bool need_maps) {
   const int64_t batch = heads.size(0), height = heads.size(1), width = heads.size(2);
   const int64_t keys = grid.size(0), channels = maps[0].size(-1);
+  const bool budget = probability.numel() > 0 && grad_budget.numel() > 0;
+  TORCH_CHECK(relaxed.numel() == 0 || relaxed.sizes() == softmax.sizes(), "relaxed gates must be (B, H, W, R*K)");
+  TORCH_CHECK(!budget || probability.sizes() == softmax.sizes(), "gate probabilities must be (B, H, W, R*K)");
   std::vector<torch::Tensor> grads;
   if (need_maps) for (const auto& map : maps) grads.push_back(torch::zeros_like(map));
   auto grad_heads = torch::empty_like(heads);
-  auto grad_relaxed = need_relaxed ? torch::empty_like(softmax) : torch::empty({0}, softmax.options());
   AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_attend_backward", [&] {
     std::vector<scalar_t*> grad_pointers;
     for (auto& tensor : grads) grad_pointers.push_back(tensor.data_ptr<scalar_t>());
+    // the mean's backward: its gradient over the count, in the tensors' precision, as torch divides
+    const scalar_t share = budget ? grad_budget.item<scalar_t>() / static_cast<scalar_t>(probability.numel()) : 0;
     ACLA_DISPATCH_CHANNELS(channels, attend_backward_kernel, pointers<scalar_t>(maps), heads.data_ptr<scalar_t>(),
-                           softmax.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), gated, grad.data_ptr<scalar_t>(),
-                           grad_pointers, grad_heads.data_ptr<scalar_t>(),
-                           need_relaxed ? grad_relaxed.data_ptr<scalar_t>() : nullptr, batch, height, width, keys,
-                           channels);
+                           softmax.data_ptr<scalar_t>(), relaxed.numel() ? relaxed.data_ptr<scalar_t>() : nullptr,
+                           budget ? probability.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(temperature),
+                           share, grid.data_ptr<scalar_t>(), gated, grad.data_ptr<scalar_t>(), grad_pointers,
+                           grad_heads.data_ptr<scalar_t>(), batch, height, width, keys, channels);
   });
   grads.push_back(grad_heads);
-  grads.push_back(grad_relaxed);
   return grads;
 }
 """
