@@ -15,6 +15,7 @@ Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3] [--c
 
 from __future__ import annotations
 
+import statistics
 from contextlib import nullcontext
 from copy import deepcopy
 
@@ -26,7 +27,8 @@ from acla.models import build_attention, gather_kernel
 from benchmarks.common import (
     device_name,
     inference_arguments,
-    interleaved_seconds,
+    interleaved_samples,
+    round_ratio_range,
     save_figure,
     without_fused_walk,
     write_csv,
@@ -59,11 +61,15 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
 
     steps = {(fraction, path): call(fraction, path) for fraction in FRACTIONS for path in paths}
     try:  # every fraction and path in the same rounds: the ratios between fractions see the same drift
-        seconds = interleaved_seconds(steps, device, repeats)
+        samples = interleaved_samples(steps, device, repeats)
     finally:
         gather_kernel._kernel = kernel
+    spread = {(fraction, path): round_ratio_range(samples[(fraction, path)], samples[(1.0, path)])
+              for fraction, path in steps}  # relative to all open, round by round
     rows = [{"path": path, "open_fraction": opened[fraction] / (refs * keys), "open_keys": opened[fraction],
-             "seconds": seconds[(fraction, path)], "size": f"{width}x{height}", "channels": channels, "refs": refs,
+             "seconds": statistics.median(samples[(fraction, path)]),
+             "relative_low": spread[(fraction, path)][0], "relative_high": spread[(fraction, path)][1],
+             "rounds": repeats, "size": f"{width}x{height}", "channels": channels, "refs": refs,
              "keys": keys, "device": device_name(device),
              "layout": "channels-last" if channels_last else "contiguous (NCHW)"} for fraction, path in steps]
     frame = pd.DataFrame(rows)

@@ -10,6 +10,8 @@ Usage: ``python benchmarks/bench_overhead.py [--device cuda] [--repeats 3]``.
 
 from __future__ import annotations
 
+import statistics
+
 import pandas as pd
 import seaborn as sns
 import torch
@@ -20,7 +22,8 @@ from benchmarks.common import (
     device_name,
     gather_implementation,
     inference_arguments,
-    interleaved_seconds,
+    interleaved_samples,
+    round_ratio_range,
     save_figure,
     write_csv,
 )
@@ -53,14 +56,18 @@ def run(device: torch.device, height: int, width: int, repeats: int, mode: str) 
 
         return step
 
-    seconds = interleaved_seconds({label: forward(model) for (label, _, _), model in zip(CONFIGURATIONS, models)},
+    samples = interleaved_samples({label: forward(model) for (label, _, _), model in zip(CONFIGURATIONS, models)},
                                   device, repeats)
+    backbone = samples[CONFIGURATIONS[0][0]]
     rows = []
     for (label, attention, insert), model in zip(CONFIGURATIONS, models):
+        low, high = round_ratio_range(samples[label], backbone)  # this model over the backbone, round by round
         rows.append({"model": label, "attention": attention, "insert": insert,
                      "params": sum(p.numel() for p in model.parameters()),
                      "gflops": count_flops(forward(getattr(model, "_orig_mod", model))) / 1e9,
-                     "latency_s": seconds[label], "peak_mib": peak_memory_bytes(forward(model), device) / 2**20,
+                     "latency_s": statistics.median(samples[label]),
+                     "latency_overhead_low_pct": 100 * (low - 1), "latency_overhead_high_pct": 100 * (high - 1),
+                     "rounds": repeats, "peak_mib": peak_memory_bytes(forward(model), device) / 2**20,
                      "input": f"{width}x{height}", "mode": mode,
                      "device": device_name(device), "gather": gather_implementation(device)})
         print(rows[-1], flush=True)

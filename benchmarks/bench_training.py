@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from acla.models import build_model
 from acla.efficiency import peak_memory_bytes
-from benchmarks.common import device_name, gather_implementation, without_fused_walk, write_csv
+from acla.models import build_model
+from benchmarks.common import device_name, gather_implementation, round_ratio_range, without_fused_walk, write_csv
 
 SETTINGS = (("tiny", "sr", 24), ("tiny", "denoise", 48), ("edsr-baseline", "sr", 24), ("edsr-baseline", "denoise", 48))
 MODELS = (("backbone", "none", "none"), ("acla", "acla", "four-stages"))
@@ -88,10 +88,12 @@ def measure_setting(backbone: str, task: str, patch: int, device: torch.device, 
         for step, _, samples in runs.values():
             samples.append(seconds(step))
     rows = []
+    backbone_samples = runs["backbone"][2]
     for name, (step, warmup, samples) in runs.items():
         step_s = statistics.median(samples)
+        low, high = round_ratio_range(backbone_samples, samples)  # backbone time / this model's, round by round
         rows.append({"backbone": backbone, "task": task, "lr_patch": patch, "batch": 16, "model": name,
-                     "mode": mode, "step_s": step_s,
+                     "mode": mode, "step_s": step_s, "ratio_low": low, "ratio_high": high, "rounds": steps,
                      "compile_s": max(warmup - 2 * step_s, 0.0) if mode == "compiled" else 0.0,
                      "peak_mib": peak_memory_bytes(step, device) / 2**20 if mode == "eager" else float("nan")})
         print(rows[-1], flush=True)

@@ -41,17 +41,30 @@ def inference_arguments(doc: str | None, *, repeats: int) -> argparse.ArgumentPa
     return parser
 
 
-def interleaved_seconds(steps: dict[Hashable, Callable[[], None]], device: torch.device,
-                        rounds: int) -> dict[Hashable, float]:
-    """Median seconds of each step over ``rounds`` rounds of one call of every step (after a warm-up round),
-    so that drift on a shared machine hits every step alike."""
+def interleaved_samples(steps: dict[Hashable, Callable[[], None]], device: torch.device,
+                        rounds: int) -> dict[Hashable, list[float]]:
+    """Seconds of each step in each of ``rounds`` rounds of one call of every step (after a warm-up round), so
+    that drift on a shared machine hits every step alike, and a ratio of two steps can be taken round by round."""
     samples: dict[Hashable, list[float]] = {name: [] for name in steps}
     for round_index in range(rounds + 1):
         for name, step in steps.items():
             seconds = median_seconds(step, device, repeats=1, warmup=0)
             if round_index:  # round 0 warms up
                 samples[name].append(seconds)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def interleaved_seconds(steps: dict[Hashable, Callable[[], None]], device: torch.device,
+                        rounds: int) -> dict[Hashable, float]:
+    """Median seconds of each step over the rounds of ``interleaved_samples``."""
+    return {name: statistics.median(values) for name, values in interleaved_samples(steps, device, rounds).items()}
+
+
+def round_ratio_range(numerator: list[float], denominator: list[float]) -> tuple[float, float]:
+    """The lowest and highest ratio of two steps timed in the same rounds: the spread that a ratio of medians
+    hides (on a shared machine one step's speed can change by a quarter between minutes)."""
+    ratios = [top / bottom for top, bottom in zip(numerator, denominator, strict=True)]
+    return min(ratios), max(ratios)
 
 
 def gather_implementation(device: torch.device) -> str:

@@ -98,11 +98,20 @@ def _conditions(frame: pd.DataFrame) -> str:
     return f"{frame['device'].iloc[0]}{gather}" + (f". Conditions: {note}" if note else "")
 
 
+def _range(low: float, high: float, pattern: str) -> str:
+    """``[low, high]`` of a per-round spread, empty where the run did not record one (an older CSV)."""
+    return "" if pd.isna(low) or pd.isna(high) else f"[{pattern.format(low)}, {pattern.format(high)}]"
+
+
 def overhead_section(frame: pd.DataFrame) -> str:
     columns = ["model", "mode", "params", "gflops", "latency_s", "peak_mib", "params_overhead_pct",
                "flops_overhead_pct", "latency_overhead_pct"]
     if "mode" not in frame:
         frame = frame.assign(mode="eager")
+    if "latency_overhead_low_pct" in frame:  # the spread of the overhead over the run's rounds
+        frame = frame.assign(per_round_range=[_range(low, high, "{:+.1f}") for low, high in
+                                              zip(frame.latency_overhead_low_pct, frame.latency_overhead_high_pct)])
+        columns.append("per_round_range")
     formats = {"params": "{:,}", "gflops": "{:.1f}", "latency_s": "{:.3f}", "peak_mib": "{:.0f}",
                "params_overhead_pct": "{:+.1f}", "flops_overhead_pct": "{:+.1f}", "latency_overhead_pct": "{:+.1f}"}
     four = frame[(frame.attention == "acla") & (frame["insert"] == "four-stages")]
@@ -117,11 +126,19 @@ def overhead_section(frame: pd.DataFrame) -> str:
 
 `python benchmarks/bench_overhead.py` — inference at a {frame['input'].iloc[0]} LR input (640x360 output),
 FLOPs = 2 x multiply-adds (`acla.efficiency`), median latency, per mode: eager, eager with model and input in
-channels-last memory, compiled (overheads against the backbone in the same mode):
+channels-last memory, compiled (overheads against the backbone in the same mode{_spread(frame, "latency_overhead_low_pct",
+": of the medians, and the lowest and highest of the rounds, each model against the backbone's call in the same round")}):
 
 {_table(frame, columns, formats)}
 
 {summary}"""
+
+
+def _spread(frame: pd.DataFrame, column: str, text: str) -> str:
+    """``text`` and the run's round count where the run recorded per-round spreads (``column``), else nothing."""
+    if column not in frame or frame[column].isna().all():
+        return ""
+    return f"{text}; {int(frame['rounds'].iloc[0])} rounds" if "rounds" in frame else text
 
 
 def training_section(frame: pd.DataFrame) -> str:
@@ -132,12 +149,16 @@ def training_section(frame: pd.DataFrame) -> str:
 {_table(frame, columns, {"iterations_per_s": "{:.3f}", "relative_to_backbone": "{:.2f}"})}
 """
     acla = frame[frame.model == "acla"]
-    pivot = acla.pivot_table(index=["backbone", "task", "lr_patch"], columns="mode", values="backbone_over_model")
+    if "ratio_low" in acla:  # each ratio with its lowest and highest round
+        acla = acla.assign(backbone_over_model=[f"{ratio:.2f} {_range(low, high, '{:.2f}')}" for ratio, low, high in
+                                                zip(acla.backbone_over_model, acla.ratio_low, acla.ratio_high)])
+    pivot = acla.pivot_table(index=["backbone", "task", "lr_patch"], columns="mode", values="backbone_over_model",
+                             aggfunc="first")
     pivot = pivot.reset_index()
     steps = frame.pivot_table(index=["backbone", "task", "model"], columns="mode", values="step_s").reset_index()
     compile_s = frame[frame["mode"] == "compiled"][["backbone", "task", "model", "compile_s"]]
     modes = ("eager", "eager, channels-last", "compiled")
-    ratios = {column: "{:.2f}" for column in pivot.columns if column in modes}
+    ratios = {column: "{}" if "ratio_low" in frame else "{:.2f}" for column in pivot.columns if column in modes}
     seconds = {column: "{:.3f}" for column in steps.columns if column in modes}
     compile_table = _table(compile_s, list(compile_s.columns), {"compile_s": "{:.0f}"}) if len(compile_s) else "(not run)"
     eager = frame[(frame["mode"] == "eager")]
@@ -148,7 +169,8 @@ def training_section(frame: pd.DataFrame) -> str:
 
 `python -m benchmarks.bench_training` — Adam + L1 steps on random tensors, batch {frame['batch'].iloc[0]}, + ACLA
 at the four stages (the fused C++ walk, forward and backward); SR x2 at an LR patch of 24, denoising at 48x48.
-Backbone time / ACLA time (1 = free):
+Backbone time / ACLA time (1 = free){_spread(frame, "ratio_low", ", of the median steps, and in brackets the lowest and "
+"highest of the rounds (each ACLA step against the backbone's in the same round)")}:
 
 {_table(pivot, list(pivot.columns), ratios)}
 
@@ -165,10 +187,14 @@ Compile time (s, first two steps minus two steps):
 
 def open_keys_section(frame: pd.DataFrame) -> str:
     pivot = frame.pivot(index="open_fraction", columns="path", values="seconds").reset_index()
-    relative = frame.pivot(index="open_fraction", columns="path", values="relative_to_all_open").reset_index()
+    if "relative_low" in frame:  # each ratio with its lowest and highest round
+        frame = frame.assign(relative=[f"{ratio:.2f} {_range(low, high, '{:.2f}')}" for ratio, low, high in
+                                       zip(frame.relative_to_all_open, frame.relative_low, frame.relative_high)])
+    else:
+        frame = frame.assign(relative=[f"{ratio:.2f}" for ratio in frame.relative_to_all_open])
+    relative = frame.pivot(index="open_fraction", columns="path", values="relative").reset_index()
     formats = {column: "{:.4f}" for column in pivot.columns if column != "open_fraction"} | {"open_fraction": "{:.2f}"}
-    relative_formats = {column: "{:.2f}" for column in relative.columns if column != "open_fraction"} | {
-        "open_fraction": "{:.2f}"}
+    relative_formats = {"open_fraction": "{:.2f}"}
     first = frame.iloc[0]
     return f"""## (e) ACLA module at inference against the open-key fraction ({_conditions(frame)})
 
@@ -178,7 +204,8 @@ open. Latency (s):
 
 {_table(pivot, list(pivot.columns), formats)}
 
-Relative to all keys open:
+Relative to all keys open{_spread(frame, "relative_low", " (of the medians; in brackets the lowest and highest of the "
+"rounds)")}:
 
 {_table(relative, list(relative.columns), relative_formats)}
 
@@ -188,7 +215,31 @@ softmax pass over every key, the output product and, with NCHW inputs, the copie
 a whole network the backbone lays each reference out once); none of them depends on the open keys. The faster the
 gather, the larger that fixed share: for one module of C 32, R 4 at 320x180 the kernel alone took 15 ms with one
 key open per query against 50 ms with all open (2 threads, 61cfce8).
+
+{half_closed_ceiling(frame)}
 """
+
+
+def half_closed_ceiling(frame: pd.DataFrame) -> str:
+    """The share of the module's FLOPs that closing half the keys removes, beside the run's measured savings: per
+    query, the gather of 4 taps x C per open key (2 FLOPs a multiply-add) against the projections every query pays,
+    the 4 M heads (offsets, logits, gates) from C channels and W_z W_v from C + 1."""
+    first = frame.iloc[0]
+    channels, keys_per_query = int(first["channels"]), int(first["refs"]) * int(first["keys"])
+    gather = 2 * 4 * channels * keys_per_query
+    heads, output = 2 * channels * 4 * keys_per_query, 2 * (channels + 1) * channels
+    ceiling = gather / 2 / (gather + heads + output)
+    # offsets and logits projected for the open keys only (3 of the 4 M heads per key): the fixed part is the gates
+    reachable = (gather + 2 * channels * 3 * keys_per_query) / 2 / (gather + heads + output)
+    half = frame[(frame.open_fraction - 0.5).abs() < 1e-9].set_index("path")["relative_to_all_open"]
+    measured = "; ".join(f"{path}: {100 * (1 - value):.0f} %" for path, value in half.items())
+    return (f"Closing half the keys removes {100 * ceiling:.0f} % of this module's FLOPs (C = {channels}, M = R K = "
+            f"{keys_per_query}: per query the gathers are {gather} FLOPs with every key open, the projections "
+            f"{heads + output}, and only the gathers fall with the open keys). Measured saving at one half: "
+            f"{measured or 'not measured'}; a path whose time follows its FLOPs can save about that share, a path whose "
+            "gathers cost more than their FLOPs (pure torch) more of a larger total. A third of the FLOPs would go "
+            f"only with the offsets and logits projected for the open keys alone (then {100 * reachable:.0f} %), "
+            "which no path here does.")
 
 
 def trained_section(frame: pd.DataFrame) -> str:
