@@ -317,7 +317,7 @@ def test_the_kernel_op_passes_opcheck() -> None:
         relaxed = [empty] + ([torch.rand(1, 3, 4, 2 * 4, generator=generator, dtype=torch.float64)] if gated else [])
         for gates in relaxed:
             torch.library.opcheck(attention.kernel_attend, (maps, heads.requires_grad_(), gates, probability, grid,
-                                                            gated, 0.5))
+                                                            gated, torch.tensor(0.5, dtype=torch.float64)))
 
 
 @pytest.mark.parametrize("relaxed", [False, True])
@@ -334,7 +334,8 @@ def test_the_kernels_key_budget_gradient_is_torchs_bit_for_bit(relaxed: bool) ->
     scores = heads.detach()[..., -keys:]
     probability = attention.gate_probabilities(scores)
     gates = torch.rand(2, 5, 6, keys, generator=generator) if relaxed else heads.new_empty(0)
-    *_, budget = attention.kernel_attend(maps_, heads, gates, probability, attention.key_grid(9), True, 0.5)
+    *_, budget = attention.kernel_attend(maps_, heads, gates, probability, attention.key_grid(9), True,
+                                         torch.tensor(0.5))
     (budget * 0.37).backward()
     # the graph the module ran before: autograd through the sigmoid of the heads' last columns (a strided slice: torch's
     # sigmoid rounds a few values differently on contiguous input)
@@ -342,6 +343,23 @@ def test_the_kernels_key_budget_gradient_is_torchs_bit_for_bit(relaxed: bool) ->
     (torch.sigmoid(leaf[..., -keys:]).mean() * 0.37).backward()
     assert torch.equal(heads.grad[..., -keys:], leaf.grad[..., -keys:])
     assert not heads.grad[..., :-keys].any()  # the sums' gradient was zero
+
+
+def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals() -> None:
+    # The trainer sets a new tau every iteration: the compiled step must take it as an input, not as a constant
+    if gather_kernel.load() is None:
+        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    module = build_attention("acla", 8, 2, num_keys=4).train()
+    query, *refs = (t.float().requires_grad_() for t in maps(1, 8, 6, 7, count=3, seed=20))
+    compiled = torch.compile(module, fullgraph=True)
+    for temperature in (1.0, 0.9, 0.8, 0.7, 0.6):
+        module.temperature = temperature
+        (compiled(query, refs).sum() + module.budget_loss).backward()
+    assert counters["stats"]["unique_graphs"] <= 2  # the first tau, then tau as a symbol
 
 
 def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:

@@ -317,8 +317,10 @@ class SampledCrossLayerAttention(AttentionBase):
                 if self.training:  # (S6) the kernel opens relaxed > 1/2
                     relaxed = self.relaxed_gates(scores)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]  # raw F^r as rows (the op makes them contiguous)
+        # tau as a tensor: a float argument of a custom op would make torch.compile recompile at every annealed value
+        temperature = torch.full((), self.temperature, dtype=heads.dtype, device=heads.device)
         summed, counts, _, budget = kernel_attend(maps, heads, relaxed, probability, self.grid.to(query.dtype),
-                                                  self.adaptive, self.temperature)
+                                                  self.adaptive, temperature)
         if self.adaptive:
             self.key_budget = budget  # (S8)
         w_z = self.output.weight.flatten(1)
@@ -601,9 +603,10 @@ def kernel_gather_backward(positions: torch.Tensor, weights: torch.Tensor, maps:
 @torch.library.custom_op("acla::attend", mutates_args=())
 def kernel_attend(maps: list[torch.Tensor], heads: torch.Tensor, relaxed: torch.Tensor, probability: torch.Tensor,
                   grid: torch.Tensor, gated: bool,
-                  temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``SampledCrossLayerAttention.fused_walk``'s kernel walk: raw reference rows R x (B, H, W, C), the query's heads
-    (B, H, W, (3 or 4)*R*K; 4 with gates), the relaxed training gates (B, H, W, R*K) at ``temperature`` or empty, the
+    (B, H, W, (3 or 4)*R*K; 4 with gates), the relaxed training gates (B, H, W, R*K) at ``temperature`` (0-dim, the
+    heads' dtype) or empty, the
     gate probabilities sigmoid(s) (B, H, W, R*K) or empty, the key grid (K, 2) -> the weighted sums (B, H, W, C + 1),
     the open-key counts (B, H, W), the softmax weights (B, H, W, R*K; what the backward reads) and the key budget
     (S8), the probabilities' mean (0 without them). The gates and probabilities are inputs without a gradient: the
@@ -624,7 +627,7 @@ def _(maps, heads, relaxed, probability, grid, gated, temperature):
 
 @torch.library.custom_op("acla::attend_backward", mutates_args=())
 def kernel_attend_backward(maps: list[torch.Tensor], heads: torch.Tensor, softmax: torch.Tensor, relaxed: torch.Tensor,
-                           probability: torch.Tensor, temperature: float, grad_budget: torch.Tensor,
+                           probability: torch.Tensor, temperature: torch.Tensor, grad_budget: torch.Tensor,
                            grid: torch.Tensor, gated: bool, grad: torch.Tensor, need_maps: bool) -> list[torch.Tensor]:
     """Gradients of ``kernel_attend`` for its sums' gradient ``grad`` and its key budget's ``grad_budget`` (0-dim, or
     empty for none), from its softmax weights: the R maps' (when ``need_maps``) and the heads', the gate scores'

@@ -523,11 +523,11 @@ std::vector<torch::Tensor> attend_forward(std::vector<torch::Tensor> maps, torch
 }
 
 // The gradients of ``attend_forward`` for grad (B, H, W, C + 1), from its softmax: the R maps' (when need_maps) and the
-// heads'. relaxed: the relaxed training gates (B, H, W, R*K) at temperature tau, or empty; probability: the gate
+// heads'. relaxed: the relaxed training gates (B, H, W, R*K) at temperature tau (0-dim), or empty; probability: the gate
 // probabilities (B, H, W, R*K) whose mean is the key budget, and grad_budget that mean's gradient (0-dim), or both
 // empty.
 std::vector<torch::Tensor> attend_backward(std::vector<torch::Tensor> maps, torch::Tensor heads, torch::Tensor softmax,
-                                           torch::Tensor relaxed, torch::Tensor probability, double temperature,
+                                           torch::Tensor relaxed, torch::Tensor probability, torch::Tensor temperature,
                                            torch::Tensor grad_budget, torch::Tensor grid, bool gated,
                                            torch::Tensor grad, bool need_maps) {
   const int64_t batch = heads.size(0), height = heads.size(1), width = heads.size(2);
@@ -545,7 +545,7 @@ std::vector<torch::Tensor> attend_backward(std::vector<torch::Tensor> maps, torc
     const scalar_t share = budget ? grad_budget.item<scalar_t>() / static_cast<scalar_t>(probability.numel()) : 0;
     ACLA_DISPATCH_CHANNELS(channels, attend_backward_kernel, pointers<scalar_t>(maps), heads.data_ptr<scalar_t>(),
                            softmax.data_ptr<scalar_t>(), relaxed.numel() ? relaxed.data_ptr<scalar_t>() : nullptr,
-                           budget ? probability.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(temperature),
+                           budget ? probability.data_ptr<scalar_t>() : nullptr, temperature.item<scalar_t>(),
                            share, grid.data_ptr<scalar_t>(), gated, grad.data_ptr<scalar_t>(), grad_pointers,
                            grad_heads.data_ptr<scalar_t>(), batch, height, width, keys, channels);
   });
