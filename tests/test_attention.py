@@ -356,10 +356,17 @@ def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals() 
     module = build_attention("acla", 8, 2, num_keys=4).train()
     query, *refs = (t.float().requires_grad_() for t in maps(1, 8, 6, 7, count=3, seed=20))
     compiled = torch.compile(module, fullgraph=True)
-    for temperature in (1.0, 0.9, 0.8, 0.7, 0.6):
+
+    def step(temperature: float) -> None:
         module.temperature = temperature
         (compiled(query, refs).sum() + module.budget_loss).backward()
-    assert counters["stats"]["unique_graphs"] <= 2  # the first tau, then tau as a symbol
+
+    step(1.0)
+    step(0.9)  # dynamo may recompile once here, with tau as a symbol from now on
+    graphs = counters["stats"]["unique_graphs"]
+    for temperature in (0.8, 0.7, 0.6):
+        step(temperature)
+    assert counters["stats"]["unique_graphs"] == graphs  # a tau baked into the graph would add one per value
 
 
 def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:
