@@ -103,6 +103,13 @@ def _range(low: float, high: float, pattern: str) -> str:
     return "" if pd.isna(low) or pd.isna(high) else f"[{pattern.format(low)}, {pattern.format(high)}]"
 
 
+def _ratio_cells(frame: pd.DataFrame, ratio: str, low: str, high: str) -> list[str]:
+    """Each row's ``ratio`` to two decimals, with its lowest and highest round where the CSV has those columns."""
+    if low not in frame:
+        return [f"{value:.2f}" for value in frame[ratio]]
+    return [f"{value:.2f} {_range(lo, hi, '{:.2f}')}" for value, lo, hi in zip(frame[ratio], frame[low], frame[high])]
+
+
 def overhead_section(frame: pd.DataFrame) -> str:
     columns = ["model", "mode", "params", "gflops", "latency_s", "peak_mib", "params_overhead_pct",
                "flops_overhead_pct", "latency_overhead_pct"]
@@ -149,16 +156,13 @@ def training_section(frame: pd.DataFrame) -> str:
 {_table(frame, columns, {"iterations_per_s": "{:.3f}", "relative_to_backbone": "{:.2f}"})}
 """
     acla = frame[frame.model == "acla"]
-    if "ratio_low" in acla:  # each ratio with its lowest and highest round
-        acla = acla.assign(backbone_over_model=[f"{ratio:.2f} {_range(low, high, '{:.2f}')}" for ratio, low, high in
-                                                zip(acla.backbone_over_model, acla.ratio_low, acla.ratio_high)])
+    acla = acla.assign(backbone_over_model=_ratio_cells(acla, "backbone_over_model", "ratio_low", "ratio_high"))
     pivot = acla.pivot_table(index=["backbone", "task", "lr_patch"], columns="mode", values="backbone_over_model",
                              aggfunc="first")
     pivot = pivot.reset_index()
     steps = frame.pivot_table(index=["backbone", "task", "model"], columns="mode", values="step_s").reset_index()
     compile_s = frame[frame["mode"] == "compiled"][["backbone", "task", "model", "compile_s"]]
     modes = ("eager", "eager, channels-last", "compiled")
-    ratios = {column: "{}" if "ratio_low" in frame else "{:.2f}" for column in pivot.columns if column in modes}
     seconds = {column: "{:.3f}" for column in steps.columns if column in modes}
     compile_table = _table(compile_s, list(compile_s.columns), {"compile_s": "{:.0f}"}) if len(compile_s) else "(not run)"
     eager = frame[(frame["mode"] == "eager")]
@@ -172,7 +176,7 @@ at the four stages (the fused C++ walk, forward and backward); SR x2 at an LR pa
 Backbone time / ACLA time (1 = free){_spread(frame, "ratio_low", ", of the median steps, and in brackets the lowest and "
 "highest of the rounds (each ACLA step against the backbone's in the same round)")}:
 
-{_table(pivot, list(pivot.columns), ratios)}
+{_table(pivot, list(pivot.columns), {})}
 
 Median step (s):
 
@@ -187,11 +191,7 @@ Compile time (s, first two steps minus two steps):
 
 def open_keys_section(frame: pd.DataFrame) -> str:
     pivot = frame.pivot(index="open_fraction", columns="path", values="seconds").reset_index()
-    if "relative_low" in frame:  # each ratio with its lowest and highest round
-        frame = frame.assign(relative=[f"{ratio:.2f} {_range(low, high, '{:.2f}')}" for ratio, low, high in
-                                       zip(frame.relative_to_all_open, frame.relative_low, frame.relative_high)])
-    else:
-        frame = frame.assign(relative=[f"{ratio:.2f}" for ratio in frame.relative_to_all_open])
+    frame = frame.assign(relative=_ratio_cells(frame, "relative_to_all_open", "relative_low", "relative_high"))
     relative = frame.pivot(index="open_fraction", columns="path", values="relative").reset_index()
     formats = {column: "{:.4f}" for column in pivot.columns if column != "open_fraction"} | {"open_fraction": "{:.2f}"}
     relative_formats = {"open_fraction": "{:.2f}"}

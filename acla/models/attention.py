@@ -311,8 +311,8 @@ class SampledCrossLayerAttention(AttentionBase):
         if self.adaptive:
             # Computed here without autograd: the kernel's backward writes the gate scores' gradient into the heads'
             # (``gate_score_gradients``), saving the graph of a slice of the heads, two sigmoids and a division.
-            scores = heads.detach()[..., -self.keys_per_query:]
             with torch.no_grad():
+                scores = heads[..., -self.keys_per_query:]
                 probability = gate_probabilities(scores)  # (S8) the key budget is their mean
                 if self.training:  # (S6) the kernel opens relaxed > 1/2
                     relaxed = self.relaxed_gates(scores)
@@ -606,9 +606,8 @@ def kernel_attend(maps: list[torch.Tensor], heads: torch.Tensor, relaxed: torch.
                   temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``SampledCrossLayerAttention.fused_walk``'s kernel walk: raw reference rows R x (B, H, W, C), the query's heads
     (B, H, W, (3 or 4)*R*K; 4 with gates), the relaxed training gates (B, H, W, R*K) at ``temperature`` (0-dim, the
-    heads' dtype) or empty, the
-    gate probabilities sigmoid(s) (B, H, W, R*K) or empty, the key grid (K, 2) -> the weighted sums (B, H, W, C + 1),
-    the open-key counts (B, H, W), the softmax weights (B, H, W, R*K; what the backward reads) and the key budget
+    heads' dtype) or empty, the gate probabilities sigmoid(s) (B, H, W, R*K) or empty, the key grid (K, 2) -> the
+    weighted sums (B, H, W, C + 1), the open-key counts (B, H, W), the softmax weights (B, H, W, R*K; what the backward reads) and the key budget
     (S8), the probabilities' mean (0 without them). The gates and probabilities are inputs without a gradient: the
     backward gives the gate scores (in the heads) theirs. A custom op, so that ``torch.compile`` keeps it whole; its
     backward is ``kernel_attend_backward``."""
