@@ -18,6 +18,11 @@ def _table(frame: pd.DataFrame, columns: list[str], formats: dict[str, str]) -> 
     return "\n".join(lines)
 
 
+def _times(factor: float) -> str:
+    """A speed-up to two significant figures at most: 295, 2.7."""
+    return f"{factor:.0f}" if factor >= 10 else f"{factor:.1f}"
+
+
 def attention_section(frame: pd.DataFrame) -> str:
     device = frame["device"].iloc[0]
     largest = frame["size"].max()
@@ -36,9 +41,9 @@ def attention_section(frame: pd.DataFrame) -> str:
 R = {frame['refs'].iloc[0]} references, K = {frame['keys'].iloc[0]} keys; peak memory of tensors made during the step.
 Figure: `attention_cost_{'cpu' if 'cpu' in device else 'cuda'}.png`.
 
-- At {largest}x{largest}: `acla` is **{at.loc['cla-dense', 'seconds'] / at.loc['acla', 'seconds']:.0f}x** faster than
+- At {largest}x{largest}: `acla` is **{_times(at.loc['cla-dense', 'seconds'] / at.loc['acla', 'seconds'])}x** faster than
   `cla-dense` with the same references ({at.loc['acla', 'seconds']:.3f} s vs {at.loc['cla-dense', 'seconds']:.2f} s) and
-  {at.loc['nonlocal', 'seconds'] / at.loc['acla', 'seconds']:.0f}x faster than `nonlocal`; memory
+  {_times(at.loc['nonlocal', 'seconds'] / at.loc['acla', 'seconds'])}x faster than `nonlocal`; memory
   {at.loc['acla', 'peak_mib']:.0f} MiB vs {at.loc['cla-dense', 'peak_mib']:.0f} MiB.
 - `acla` memory from {smallest_linear}x{smallest_linear} to {largest}x{largest}: x{growth:.2f} for x{position_ratio:.1f}
   positions (linear in H*W); `cla-dense`: x{frame[(frame.variant == 'cla-dense') & (frame['size'] == largest)]['peak_mib'].iloc[0] / frame[(frame.variant == 'cla-dense') & (frame['size'] == smallest_linear)]['peak_mib'].iloc[0]:.1f}.
@@ -53,23 +58,7 @@ Peak memory (MiB):
 """
 
 
-def sampling_section(frame: pd.DataFrame) -> str:
-    device = frame["device"].iloc[0]
-    pivot = frame.pivot(index="size", columns="formulation", values="speedup_vs_loop").reset_index()
-    memory = frame.pivot(index="size", columns="formulation", values="peak_mib").reset_index()
-    return f"""## (b) Vectorised sampling against a per-key loop ({device})
-
-`python benchmarks/bench_sampling.py` — the same aggregation sum_(r,k) a * Bilinear(V^r, p) in three
-formulations, checked equal, forward + backward; B = {frame['batch'].iloc[0]}, C = {frame['channels'].iloc[0]},
-R = {frame['refs'].iloc[0]}, K = {frame['keys'].iloc[0]}. Speed-up over the per-key `grid_sample` loop (higher is better):
-
-{_table(pivot, list(pivot.columns), {column: '{:.2f}' for column in pivot.columns if column != 'size'} | {'size': '{}'})}
-
-Peak memory (MiB):
-
-{_table(memory, list(memory.columns), {column: '{:.1f}' for column in memory.columns if column != 'size'} | {'size': '{}'})}
-
-What was tried on the CPU: one batched `grid_sample` over all keys (it materialises a (B, R, C, K, H, W)
+CPU_TRIALS = """What was tried on the CPU: one batched `grid_sample` over all keys (it materialises a (B, R, C, K, H, W)
 tensor and its backward scatters into it: slower than the loop on this machine); a channels-last gather
 of the four bilinear taps with attention and bilinear weights fused into one `embedding_bag` (no
 sampled-value tensor at all; its stock CPU backward sorts and reduces slowly); that gather with a
@@ -91,11 +80,54 @@ for 16/32/64 channels, weight-0 keys skipped: the `fast path, C++ kernel` row.
 """
 
 
+def sampling_section(frame: pd.DataFrame) -> str:
+    device = frame["device"].iloc[0]
+    pivot = frame.pivot(index="size", columns="formulation", values="speedup_vs_loop").reset_index()
+    memory = frame.pivot(index="size", columns="formulation", values="peak_mib").reset_index()
+    return f"""## (b) Vectorised sampling against a per-key loop ({device})
+
+`python benchmarks/bench_sampling.py` — the same aggregation sum_(r,k) a * Bilinear(V^r, p) in three
+formulations, checked equal, forward + backward; B = {frame['batch'].iloc[0]}, C = {frame['channels'].iloc[0]},
+R = {frame['refs'].iloc[0]}, K = {frame['keys'].iloc[0]}. Speed-up over the per-key `grid_sample` loop (higher is better):
+
+{_table(pivot, list(pivot.columns), {column: '{:.2f}' for column in pivot.columns if column != 'size'} | {'size': '{}'})}
+
+Peak memory (MiB):
+
+{_table(memory, list(memory.columns), {column: '{:.1f}' for column in memory.columns if column != 'size'} | {'size': '{}'})}
+
+{CPU_TRIALS if 'cpu' in device else ''}"""
+
+
 def _conditions(frame: pd.DataFrame) -> str:
     """The run's device, gather implementation and note, for a section title and first line."""
     note = frame["note"].dropna().iloc[0] if "note" in frame and frame["note"].notna().any() else ""
     gather = f"; gather: {frame['gather'].iloc[0]}" if "gather" in frame else ""
     return f"{frame['device'].iloc[0]}{gather}" + (f". Conditions: {note}" if note else "")
+
+
+def _acla_path(frame: pd.DataFrame) -> str:
+    """How the run's CLA/ACLA modules computed, from its ``gather`` column: the wording of (c) and (d)."""
+    if "gather" in frame and frame["gather"].iloc[0] == "C++ kernel":
+        return ("the fused C++ walk (gates, softmax over the open keys and their bilinear sum in one pass per query; "
+                "W_v folded into W_z; a custom op, eager or compiled)")
+    return ("the pure-torch path (`embedding_bag` gathers of the bilinear taps; under `torch.compile`, ops that "
+            "inductor fuses): the fused walk is the CPU kernel's")
+
+
+FUSED_WALK_FIXED_SHARE = """The fused walk neither gathers nor computes taps for a closed key, but its time
+also holds the query's projections (4 R K outputs per pixel), the reading of all of them and the gate and
+softmax pass over every key, the output product and, with NCHW inputs, the copies of the references into rows (in
+a whole network the backbone lays each reference out once); none of them depends on the open keys. The faster the
+gather, the larger that fixed share: for one module of C 32, R 4 at 320x180 the kernel alone took 15 ms with one
+key open per query against 50 ms with all open (2 threads, 61cfce8)."""
+
+
+def _open_key_paths(frame: pd.DataFrame) -> str:
+    """Which of the paths timed in (e) this run had: the C++ ones exist on CPU only."""
+    paths = frame["path"].unique()
+    timed = f"Paths timed on this device: {', '.join(f'`{path}`' for path in paths)}."
+    return f"{timed} {FUSED_WALK_FIXED_SHARE}" if "fused C++ walk" in paths else timed
 
 
 def _range(low: float, high: float, pattern: str) -> str:
@@ -126,9 +158,8 @@ def overhead_section(frame: pd.DataFrame) -> str:
     summary = "" if fastest is None else (
         f"Fastest + ACLA at the four stages: mode `{fastest['mode']}`, {fastest['latency_s']:.3f} s, "
         f"{fastest['latency_overhead_pct']:+.1f} % latency over the backbone in the same mode (FLOPs "
-        f"{fastest['flops_overhead_pct']:+.1f} %). On CPU, CLA and ACLA run as one fused C++ walk per query (gates, "
-        "softmax over the open keys, their bilinear sum; W_v folded into W_z), eager or compiled (a custom op); a "
-        "fresh module has every gate open (gate bias 2), so these rows gather every key.\n")
+        f"{fastest['flops_overhead_pct']:+.1f} %). CLA and ACLA run by {_acla_path(frame)}; a fresh module has every "
+        "gate open (gate bias 2), so these rows gather every key.\n")
     return f"""## (c) Overhead of ACLA on EDSR-baseline x2 ({_conditions(frame)})
 
 `python benchmarks/bench_overhead.py` — inference at a {frame['input'].iloc[0]} LR input (640x360 output),
@@ -172,7 +203,7 @@ def training_section(frame: pd.DataFrame) -> str:
     return f"""## (d) Training step: backbone time / ACLA time ({_conditions(frame)})
 
 `python -m benchmarks.bench_training` — Adam + L1 steps on random tensors, batch {frame['batch'].iloc[0]}, + ACLA
-at the four stages (the fused C++ walk, forward and backward); SR x2 at an LR patch of 24, denoising at 48x48.
+at the four stages, forward and backward by {_acla_path(frame)}; SR x2 at an LR patch of 24, denoising at 48x48.
 Backbone time / ACLA time (1 = free){_spread(frame, "ratio_low", ", of the median steps, and in brackets the lowest and "
 "highest of the rounds (each ACLA step against the backbone's in the same round)")}:
 
@@ -209,12 +240,7 @@ Relative to all keys open{_spread(frame, "relative_low", " (of the medians; in b
 
 {_table(relative, list(relative.columns), relative_formats)}
 
-Closing keys saves gathers only. The fused walk neither gathers nor computes taps for a closed key, but its time
-also holds the query's projections (4 R K outputs per pixel), the reading of all of them and the gate and
-softmax pass over every key, the output product and, with NCHW inputs, the copies of the references into rows (in
-a whole network the backbone lays each reference out once); none of them depends on the open keys. The faster the
-gather, the larger that fixed share: for one module of C 32, R 4 at 320x180 the kernel alone took 15 ms with one
-key open per query against 50 ms with all open (2 threads, 61cfce8).
+Closing keys saves gathers only. {_open_key_paths(frame)}
 
 {half_closed_ceiling(frame)}
 """
