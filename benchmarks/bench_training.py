@@ -40,8 +40,6 @@ def training_step(backbone: str, task: str, patch: int, attention: str, insert: 
     memory_format = torch.channels_last if mode == "eager, channels-last" else torch.contiguous_format
     model = build_model(task, backbone, attention=attention, insert=insert, scale=scale).to(device).train()
     model = model.to(memory_format=memory_format)
-    if mode == "compiled":
-        torch._dynamo.reset()  # each model compiled afresh, for static shapes, as in a training run
     network = torch.compile(model, dynamic=False) if mode == "compiled" else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     inputs = torch.rand(batch, 3, patch, patch, device=device).contiguous(memory_format=memory_format)
@@ -76,6 +74,10 @@ def without_fused_walk_step(step):
 
 def measure_setting(backbone: str, task: str, patch: int, device: torch.device, mode: str, steps: int) -> list[dict]:
     runs = {}
+    if mode == "compiled":
+        # compiled afresh per setting, as in a training run; not between its models, whose rounds interleave: a
+        # reset there dropped the backbone's compiled code, and it recompiled inside the first timed round
+        torch._dynamo.reset()
     for name, attention, insert in MODELS:
         step = training_step(backbone, task, patch, attention, insert, device, mode)
         warmup = seconds(step) + seconds(step)  # compiles here when compiled
