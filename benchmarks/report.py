@@ -111,8 +111,9 @@ def _acla_path(frame: pd.DataFrame) -> str:
     if "gather" in frame and frame["gather"].iloc[0] == "C++ kernel":
         return ("the fused C++ walk (gates, softmax over the open keys and their bilinear sum in one pass per query; "
                 "W_v folded into W_z; a custom op, eager or compiled)")
-    return ("the pure-torch path (`embedding_bag` gathers of the bilinear taps; under `torch.compile`, ops that "
-            "inductor fuses): the fused walk is the CPU kernel's")
+    return ("the pure-torch path (training on CUDA: `F.grid_sample` and a weighted sum; inference: `embedding_bag` "
+            "gathers of the bilinear taps; under `torch.compile`, ops that inductor fuses): the fused walk is the CPU "
+            "kernel's")
 
 
 FUSED_WALK_FIXED_SHARE = """The fused walk neither gathers nor computes taps for a closed key, but its time
@@ -306,7 +307,7 @@ def gpu_section(frame: pd.DataFrame, device: str) -> str:
     return f"""## (g) On CUDA: {gpu_run_title(device)}
 
 From `python -m acla gpu-check` (`reports/gpu/{device}/`, its speed part; how that run was made:
-`reports/gpu/README.md`). CUDA has no fused walk: ACLA runs the pure-torch path (`embedding_bag` gathers in eager,
+`reports/gpu/README.md`). CUDA has no fused walk: at that run's commit ACLA ran the pure-torch path (`embedding_bag` gathers in eager,
 traced ops that inductor fuses under `torch.compile`). EDSR-baseline + ACLA at the four stages against the backbone, inference (eager):
 
 {inference_table}

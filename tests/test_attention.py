@@ -280,6 +280,32 @@ def test_the_residual_comes_in_the_query_layout(layout: torch.memory_format, log
         assert module(query, refs).is_contiguous(memory_format=layout)
 
 
+def test_the_cuda_training_aggregate_by_grid_sample_equals_the_reference_ops() -> None:
+    # grid_sample_aggregate is what CUDA trains with; it is plain torch, so its maths is checked here on CPU
+    generator = torch.Generator().manual_seed(16)
+    batch, height, width, refs, keys = 2, 5, 6, 2, 9
+    values = torch.randn(batch * refs, 3, height, width, generator=generator, dtype=torch.float64)
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    base = torch.stack([xs, ys], -1).double().view(1, height, width, 1, 1, 2) + key_grid(keys).double().view(
+        1, 1, 1, 1, keys, 2)
+    base = base.expand(batch, height, width, refs, keys, 2)
+    offsets = torch.randn(batch, height, width, refs, keys, 2, generator=generator, dtype=torch.float64) * 2
+    weights = torch.randn(batch, height, width, refs * keys, generator=generator, dtype=torch.float64).softmax(-1)
+    weights = weights.view(batch, height, width, refs, keys)
+    # integer positions (exact samples) and keys beyond every border (zero padding) in the forward
+    for positions in (base, base + offsets, base + 4 * offsets):
+        expected = attention.aggregate_keys(values, positions, weights)
+        assert torch.allclose(attention.grid_sample_aggregate(values, positions, weights), expected, atol=1e-12)
+    inputs = (values.requires_grad_(), (base + offsets).requires_grad_(), weights.requires_grad_())
+    ours = torch.autograd.grad(attention.grid_sample_aggregate(*inputs).square().sum(), inputs)
+    reference = torch.autograd.grad(attention.aggregate_keys(*inputs).square().sum(), inputs)
+    for got, expected in zip(ours, reference):
+        assert torch.allclose(got, expected, atol=1e-12)
+    small = [t.detach()[:, :3, :3].contiguous().requires_grad_() if t.dim() > 4 else t for t in inputs[1:]]
+    assert torch.autograd.gradcheck(attention.grid_sample_aggregate,
+                                    (values[:, :, :3, :3].detach().requires_grad_(), *small))
+
+
 def test_closed_keys_are_never_read(gather: str) -> None:
     # A closed key's position is NaN: reading it anywhere would make the output NaN.
     generator = torch.Generator().manual_seed(15)

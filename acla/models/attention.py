@@ -24,8 +24,8 @@ same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and 
   training and inference (``fused_walk``, the custom op ``acla::attend`` so that ``torch.compile`` keeps
   it): gates, the softmax over the open keys, the open keys' bilinear sum, W_v folded into W_z. Otherwise
   ``bilinear_gather``: on CPU the kernel's gather walk (custom op ``acla::bilinear_gather``), or, where no
-  compiler builds it (or on CUDA), pure torch (taps per corner, one autograd node with a hand-written
-  backward). At inference with deterministic gates, closed keys are never gathered: the kernels skip them,
+  compiler builds it, pure torch (taps per corner, one autograd node with a hand-written backward); on
+  CUDA, training's weighted sum is one batched ``F.grid_sample`` (``grid_sample_aggregate``). At inference with deterministic gates, closed keys are never gathered: the kernels skip them,
   the pure-torch path packs each query's open keys into one bag.
 * the reference path (``fast=False``): 1x1 convolutions, the four bilinear taps of every key as rows of a
   channels-last table and one ``F.embedding_bag`` with the attention and bilinear weights fused, autograd
@@ -567,9 +567,11 @@ def bilinear_gather(
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (table, positions, weights))
     if not wants_grad:
         return _gather_forward(table, positions, weights, height, width)
-    if not on_cpu:  # the reference ops
-        taps = bilinear_taps(positions, height, width)
+    if not on_cpu:  # the reference ops; on CUDA, grid_sample for the weighted sum (see its docstring)
         stacked = table.view(batch * refs, height, width, -1).permute(0, 3, 1, 2)
+        if stacked.device.type == "cuda" and weights is not None:
+            return grid_sample_aggregate(stacked, positions, weights)
+        taps = bilinear_taps(positions, height, width)
         return sample_taps(stacked, taps) if weights is None else aggregate_taps(stacked, taps, weights)
     return _BilinearGather.apply(table, positions, weights, height, width)
 
@@ -733,6 +735,29 @@ def _gather_forward(table, positions, weights, height, width, *, traced: bool = 
         out = part if out is None else out + part
     shape = positions.shape[:-1] if weights is None else positions.shape[:3]
     return out.view(*shape, table.shape[1])
+
+
+def grid_sample_aggregate(values: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(S5) sum_(r,k) a_(r,k) Bilinear(V^r, p_(r,k)) with ``F.grid_sample``: the training path on CUDA.
+
+    ``values`` (B*R, c, H, W), maps ordered (b, r); ``positions`` (B, H, W, R, K, 2) in pixels; ``weights``
+    (B, H, W, R, K); returns (B, H, W, c). It builds every sample, (B, R, c, K, H, W), which the gathers
+    avoid, but on an H200 the module's time went to ``embedding_bag``'s backward (per-sample weights 43 %,
+    table 20 % of an ACLA module's forward + backward, profiled), and grid_sample computes the map's and the
+    positions' gradients in one kernel. Same numbers as the reference ops up to rounding: the pixel positions
+    pass through grid_sample's [-1, 1] coordinates (align_corners=False) and back. Sampling and weighted sum
+    run in float32 at least, outside autocast, as ``weighted_gather`` keeps them.
+    """
+    batch, height, width, refs, keys = weights.shape
+    x, y = positions.unbind(-1)
+    grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)  # (B, H, W, R, K, 2)
+    grid = grid.permute(0, 3, 4, 1, 2, 5).reshape(batch * refs, keys * height, width, 2)
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    with torch.autocast(values.device.type, enabled=False):
+        sampled = F.grid_sample(values.to(dtype), grid.to(dtype), mode="bilinear", padding_mode="zeros",
+                                align_corners=False).view(batch, refs, -1, keys, height, width)
+        out = torch.einsum("brckhw,bhwrk->bhwc", sampled, weights.to(dtype))
+    return out.to(values.dtype)
 
 
 def _open_key_gather(table, positions, weights, open_keys, height, width) -> torch.Tensor:
