@@ -5,7 +5,8 @@ one ``embedding_bag`` of every tap with the attention and bilinear weights fused
 of the output and each gradient, and forward + backward time (medians of 10 interleaved rounds after one of warm-up). (2) Eager training
 steps (``bench_training.training_step``) of the backbone and of + ACLA with each aggregate, interleaved (10 rounds
 after one of warm-up): backbone time / ACLA time for each. Prints only; its run is quoted in reports/gpu/README.md.
-Usage: ``python -m benchmarks.bench_cuda_aggregate [cuda|cpu]`` (on the CPU the fused walk runs instead: a smoke run).
+Usage: ``python -m benchmarks.bench_cuda_aggregate [cuda|cpu]`` (on the CPU the fused walk runs instead: a smoke
+run).
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from acla.models import gather_kernel
-from acla.models.attention import aggregate_keys, bilinear_gather, grid_sample_aggregate, key_grid
+from acla.models.attention import (
+    aggregate_keys,
+    bilinear_gather,
+    grid_sample_aggregate,
+    grid_sample_coordinates,
+    key_grid,
+)
 from benchmarks.common import attention_arguments, device_name, measure, save_figure, write_csv
-
-
-def normalised_grid(positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pixel (x, y) -> grid_sample's [-1, 1] coordinates with align_corners=False."""
-    return torch.stack([(2 * positions[..., 0] + 1) / width - 1, (2 * positions[..., 1] + 1) / height - 1], dim=-1)
 
 
 def per_key_loop(values: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,7 @@ def per_key_loop(values: torch.Tensor, positions: torch.Tensor, weights: torch.T
     out = values.new_zeros(batch, values.shape[1], height, width)
     for r in range(refs):
         for k in range(keys):
-            grid = normalised_grid(positions[:, :, :, r, k], height, width)  # (B, H, W, 2)
+            grid = grid_sample_coordinates(positions[:, :, :, r, k], height, width)  # (B, H, W, 2)
             sampled = F.grid_sample(maps[:, r], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             out = out + weights[:, :, :, r, k].unsqueeze(1) * sampled
     return out

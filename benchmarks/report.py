@@ -41,8 +41,8 @@ def attention_section(frame: pd.DataFrame) -> str:
 R = {frame['refs'].iloc[0]} references, K = {frame['keys'].iloc[0]} keys; peak memory of tensors made during the step.
 Figure: `attention_cost_{'cpu' if 'cpu' in device else 'cuda'}.png`.
 
-- At {largest}x{largest}: `acla` is **{_times(at.loc['cla-dense', 'seconds'] / at.loc['acla', 'seconds'])}x** faster than
-  `cla-dense` with the same references ({at.loc['acla', 'seconds']:.3f} s vs {at.loc['cla-dense', 'seconds']:.2f} s) and
+- At {largest}x{largest}: `acla` is **{_times(at.loc['cla-dense', 'seconds'] / at.loc['acla', 'seconds'])}x**
+  faster than `cla-dense` with the same references ({at.loc['acla', 'seconds']:.3f} s vs {at.loc['cla-dense', 'seconds']:.2f} s) and
   {_times(at.loc['nonlocal', 'seconds'] / at.loc['acla', 'seconds'])}x faster than `nonlocal`; memory
   {at.loc['acla', 'peak_mib']:.0f} MiB vs {at.loc['cla-dense', 'peak_mib']:.0f} MiB.
 - `acla` memory from {smallest_linear}x{smallest_linear} to {largest}x{largest}: x{growth:.2f} for x{position_ratio:.1f}

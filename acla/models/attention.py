@@ -25,8 +25,9 @@ same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and 
   it): gates, the softmax over the open keys, the open keys' bilinear sum, W_v folded into W_z. Otherwise
   ``bilinear_gather``: on CPU the kernel's gather walk (custom op ``acla::bilinear_gather``), or, where no
   compiler builds it, pure torch (taps per corner, one autograd node with a hand-written backward); on
-  CUDA, training's weighted sum is one batched ``F.grid_sample`` (``grid_sample_aggregate``). At inference with deterministic gates, closed keys are never gathered: the kernels skip them,
-  the pure-torch path packs each query's open keys into one bag.
+  CUDA, training's weighted sum is one batched ``F.grid_sample`` (``grid_sample_aggregate``). At inference
+  with deterministic gates, closed keys are never gathered: the kernels skip them, the pure-torch path packs
+  each query's open keys into one bag.
 * the reference path (``fast=False``): 1x1 convolutions, the four bilinear taps of every key as rows of a
   channels-last table and one ``F.embedding_bag`` with the attention and bilinear weights fused, autograd
   through every op (``benchmarks/bench_sampling.py`` compares the formulations, with one batched
@@ -609,8 +610,8 @@ def kernel_attend(maps: list[torch.Tensor], heads: torch.Tensor, relaxed: torch.
     """``SampledCrossLayerAttention.fused_walk``'s kernel walk: raw reference rows R x (B, H, W, C), the query's heads
     (B, H, W, (3 or 4)*R*K; 4 with gates), the relaxed training gates (B, H, W, R*K) at ``temperature`` (0-dim, the
     heads' dtype) or empty, the gate probabilities sigmoid(s) (B, H, W, R*K) or empty, the key grid (K, 2) -> the
-    weighted sums (B, H, W, C + 1), the open-key counts (B, H, W), the softmax weights (B, H, W, R*K; what the backward reads) and the key budget
-    (S8), the probabilities' mean (0 without them). The gates and probabilities are inputs without a gradient: the
+    weighted sums (B, H, W, C + 1), the open-key counts (B, H, W), the softmax weights (B, H, W, R*K; what the
+    backward reads) and the key budget (S8), the probabilities' mean (0 without them). The gates and probabilities are inputs without a gradient: the
     backward gives the gate scores (in the heads) theirs. A custom op, so that ``torch.compile`` keeps it whole; its
     backward is ``kernel_attend_backward``."""
     out, counts, softmax = gather_kernel.load().attend_forward([rows.contiguous() for rows in maps], heads.contiguous(),
@@ -737,6 +738,12 @@ def _gather_forward(table, positions, weights, height, width, *, traced: bool = 
     return out.view(*shape, table.shape[1])
 
 
+def grid_sample_coordinates(positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixel positions (..., 2) as (x, y) -> ``F.grid_sample``'s [-1, 1] coordinates with align_corners=False."""
+    x, y = positions.unbind(-1)
+    return torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)
+
+
 def grid_sample_aggregate(values: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(S5) sum_(r,k) a_(r,k) Bilinear(V^r, p_(r,k)) with ``F.grid_sample``: the training path on CUDA.
 
@@ -749,9 +756,7 @@ def grid_sample_aggregate(values: torch.Tensor, positions: torch.Tensor, weights
     run in float32 at least, outside autocast, as ``weighted_gather`` keeps them.
     """
     batch, height, width, refs, keys = weights.shape
-    x, y = positions.unbind(-1)
-    grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)  # (B, H, W, R, K, 2)
-    grid = grid.permute(0, 3, 4, 1, 2, 5).reshape(batch * refs, keys * height, width, 2)
+    grid = grid_sample_coordinates(positions, height, width).permute(0, 3, 4, 1, 2, 5).reshape(batch * refs, keys * height, width, 2)
     dtype = torch.promote_types(values.dtype, torch.float32)
     with torch.autocast(values.device.type, enabled=False):
         sampled = F.grid_sample(values.to(dtype), grid.to(dtype), mode="bilinear", padding_mode="zeros",

@@ -190,8 +190,8 @@ int64_t first_maximum(const scalar_t* scores, int64_t count) {
 // (S3)-(S7) for one query: the softmax weight of each of its M = R*K keys, from its logits and, with gates, its gate
 // scores s. Gates: s > 0 at inference; in training the hard sample relaxed > 1/2 of the relaxed gate
 // sigmoid((s + n) / tau) (computed by torch; ``gate_score_gradients`` gives its gradient). The best-scored key is
-// always open. The softmax runs over the open keys only: a closed key weighs 0 and, at inference, costs no exp. Without gates (CLA)
-// every key is open: the plain softmax (S4). With training gates a closed key's entry is minus the weight it would
+// always open. The softmax runs over the open keys only: a closed key weighs 0 and, at inference, costs no exp.
+// Without gates (CLA) every key is open: the plain softmax (S4). With training gates a closed key's entry is minus the weight it would
 // have if it opened, exp(min(e - top, 0)) / total, which is what the straight-through gradient needs (the backward
 // reads the sign: open or closed). open_keys: the open keys' indices, in order; returns their count.
 template <typename scalar_t>
@@ -344,7 +344,8 @@ void gate_score_gradients(const scalar_t* __restrict__ relaxed_gradient, const s
 // grad_maps[r] (rows of the raw references, added to; empty when not needed) and grad_heads (B, H, W, head width),
 // the gate scores' entries from ``gate_score_gradients``: relaxed (B, H, W, R*K) the relaxed training gates or null,
 // probability (B, H, W, R*K) the gate probabilities of the key budget or null (no budget gradient). Per key,
-// u_t = <grad[:C], F[row_t]> + grad[C] for each tap gives the weight's gradient da = sum_t w_t u_t and, times the weight, the position's (sum_t dw_t/dx u_t). With d = da - <a, da>: the logits
+// u_t = <grad[:C], F[row_t]> + grad[C] for each tap gives the weight's gradient da = sum_t w_t u_t and, times the
+// weight, the position's (sum_t dw_t/dx u_t). With d = da - <a, da>: the logits
 // get a d (the softmax over the open keys), the straight-through gates |a| d, closed keys included (their samples
 // are read for it, never scattered to). One image per thread: its taps stay in its own rows.
 template <typename scalar_t, int FIXED_CHANNELS>
