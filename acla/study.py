@@ -276,22 +276,24 @@ class TaskStudy:
     def explain(self, out: Path, *, trained: bool) -> dict | None:
         """``01_module``: ACLA's sampled keys and open-key counts on the first test image of the first setting,
         from the retrained model (``trained``) or a fresh tiny-size one with modules after blocks 2 and 4;
-        writes ``open_keys.csv``, ``sampled_keys.csv``, ``input.png`` and ``module_keys.png`` to ``out``.
-        None when the search kept no ACLA module."""
+        writes ``open_keys.csv``, ``sampled_keys.csv``, ``input.png``, ``module_keys.png`` and, like every step,
+        ``provenance.json`` to ``out``. None when the search kept no ACLA module."""
         from acla.figures import sampled_keys
         from acla.keys import key_report
 
+        start = time.perf_counter()
         setting = self.settings[0]
         config = self.run_config(setting)
-        if trained:
-            if "acla" not in self.variants(setting):
-                return None
-            model = self.model(setting, "acla")
-        else:
-            model = ModelSpec(setting, config.model.backbone, "acla", (2, 4), num_keys=config.model.num_keys).build()
-        summary = key_report(model.to(self.device), setting, self.test_sets(setting)[0], out, data_root=self.data_root,
-                             crop=config.evaluate.crop or 96, seed=config.train.seed, verify=config.data.verify)
-        return summary | {"figure": str(sampled_keys(out, out / "module_keys.png"))}
+        summary = None
+        if not trained or "acla" in self.variants(setting):
+            model = self.model(setting, "acla") if trained else ModelSpec(
+                setting, config.model.backbone, "acla", (2, 4), num_keys=config.model.num_keys).build()
+            summary = key_report(model.to(self.device), setting, self.test_sets(setting)[0], out,
+                                 data_root=self.data_root, crop=config.evaluate.crop or 96, seed=config.train.seed,
+                                 verify=config.data.verify)
+            summary |= {"figure": str(sampled_keys(out, out / "module_keys.png"))}
+        save_provenance(self, "module", time.perf_counter() - start, folder=out)
+        return summary
 
     def evaluate(self) -> pd.DataFrame:
         """The classical rows and every headline variant and seed on every test set (``scores.csv``, one row
@@ -410,12 +412,13 @@ def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def save_provenance(task: TaskStudy, step: str, wall_seconds: float) -> None:
-    """``<step>/provenance.json``: what was run (profile, device, torch, commit, date, wall time, data root,
-    settings, training, seeds) and never a path of the machine; the report labels its rows with it."""
+def save_provenance(task: TaskStudy, step: str, wall_seconds: float, folder: Path | None = None) -> None:
+    """``<step>/provenance.json`` (or in ``folder``): what was run (profile, device, torch, commit, date, wall time,
+    data root, settings, training, seeds) and never a path of the machine; the report labels its rows with it."""
     info = {"task": task.name, "step": step, "skipped": not task.settings,
             **run_record(task.study.profile, task.data_root, wall_seconds, task.device),
             "settings": list(task.settings), "seeds": list(task.seeds),
             "headline": list(task.config.headline.variants), "train": dataclasses.asdict(task.config.train),
             "model": dataclasses.asdict(task.config.model), "search": dataclasses.asdict(task.config.search)}
-    atomic_write_text(task.reports / step / "provenance.json", json.dumps(info, indent=2, default=str) + "\n")
+    folder = task.reports / step if folder is None else Path(folder)
+    atomic_write_text(folder / "provenance.json", json.dumps(info, indent=2, default=str) + "\n")

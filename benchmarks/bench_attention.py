@@ -2,7 +2,7 @@
 
 ``acla`` and ``cla`` sample K keys per reference (linear in H*W); ``cla-dense`` attends to every
 position of every reference and ``nonlocal`` to every position of the query map (quadratic).
-Usage: ``python benchmarks/bench_attention.py [--device cuda] [--sizes 32 48 64 96 128]``.
+Usage: ``python -m benchmarks.bench_attention [--device cuda] [--sizes 32 48 64 96 128]``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """CUDA's training aggregate: ``grid_sample_aggregate`` against the reference ops it replaced (``aggregate_keys``,
 one ``embedding_bag`` of every tap with the attention and bilinear weights fused), both on the same inputs.
 
-(1) One module's aggregate at the tiny denoising shape (B 16, 48x48, R 4, K 9; C 32 and 64): largest differences
-of the output and each gradient, and forward + backward time (medians of 10 interleaved rounds after one of warm-up). (2) Eager training
-steps (``bench_training.training_step``) of the backbone and of + ACLA with each aggregate, interleaved (10 rounds
-after one of warm-up): backbone time / ACLA time for each. Prints only; its run is quoted in reports/gpu/README.md.
-Usage: ``python -m benchmarks.bench_cuda_aggregate [cuda|cpu]`` (on the CPU the fused walk runs instead: a smoke
-run).
+(1) One module's aggregate at the denoising shape (B 16, 48x48, R 4, K 9) with C 32 (tiny) and 64 (EDSR-baseline):
+largest differences of the output and each gradient, and forward + backward time (medians of 10 interleaved rounds
+after one of warm-up). (2) Eager training steps (``bench_training.training_step``) of the backbone and of + ACLA
+with each aggregate, interleaved (10 rounds after one of warm-up): backbone time / ACLA time for each. Prints only;
+its run is quoted in reports/gpu/README.md. Usage: ``python -m benchmarks.bench_cuda_aggregate [cuda|cpu]``
+(on the CPU the fused walk runs instead: a smoke run).
 """
 
 from __future__ import annotations

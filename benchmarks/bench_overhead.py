@@ -5,7 +5,7 @@ and peak memory, backbone alone vs with modules at the authors' four stages and 
 three modes: eager, eager with channels-last memory (model and input: the convolutions' fast layout on CPU,
 and the layout ACLA reads its references in, so it copies none), and under ``torch.compile``
 (``--no-compile``: the eager modes only; the compile time is not in the latency).
-Usage: ``python benchmarks/bench_overhead.py [--device cuda] [--repeats 3]``.
+Usage: ``python -m benchmarks.bench_overhead [--device cuda] [--repeats 3]``.
 """
 
 from __future__ import annotations

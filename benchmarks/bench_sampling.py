@@ -8,13 +8,16 @@
   over the (B, R, C, K, H, W) samples;
 * ``fused gather`` (the reference path, ``acla.models.attention.aggregate_keys``): bilinear taps as
   rows of a channels-last table, attention and bilinear weights fused, one ``embedding_bag``, autograd
-  through every tap op and a sparse-matrix backward for the table;
-* ``fast path, pure torch`` (``acla.models.attention.bilinear_gather`` without the kernel): the taps
-  per corner, one autograd node with a hand-written backward (a quarter of the sort);
+  through every tap op and, on CPU, a sparse-matrix backward for the table;
+* ``fast path, pure torch`` (``acla.models.attention.bilinear_gather`` without the kernel): on CPU the taps
+  per corner, one autograd node with a hand-written backward (a quarter of the sort); on CUDA, with
+  gradients and weights, ``bilinear_gather`` dispatches to the batched grid_sample (``grid_sample_aggregate``),
+  so there this row and that one are one formulation (CUDA rows measured before b3d294b timed the
+  ``embedding_bag`` ops instead);
 * ``fast path, C++ kernel`` (CPU, where it builds): one walk over the taps, forward and backward.
 
 All get the same inputs (values in NCHW, positions in pixels, weights), are checked to agree,
-then timed side by side. Usage: ``python benchmarks/bench_sampling.py [--device cuda] [--sizes 64 96]``.
+then timed side by side. Usage: ``python -m benchmarks.bench_sampling [--device cuda] [--sizes 64 96]``.
 """
 
 from __future__ import annotations

@@ -267,6 +267,16 @@ def test_the_section_says_whether_each_difference_exceeds_the_noise_and_sets_the
     assert f"BM3D {bm3d:.2f} (backbone {36.0 - bm3d:+.2f})" in literature_sentence("denoise", gray)
 
 
+def test_the_module_step_writes_its_provenance_beside_its_figure(tmp_path: Path) -> None:
+    study = open_task("sr", ROOT / "params.yaml", profile="ci", reports=tmp_path / "study", runs=tmp_path / "runs",
+                      progress=False)
+    out = tmp_path / "module"
+    summary = study.explain(out, trained=False)  # a fresh model: needs no earlier stage
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert summary is not None and (out / "module_keys.png").is_file()
+    assert provenance["step"] == "module" and provenance["profile"] == "ci" and provenance["wall_seconds"] > 0
+
+
 def test_a_profile_may_skip_a_task_and_its_stages_write_only_provenance(tmp_path: Path) -> None:
     text = (ROOT / "params.yaml").read_text().replace("      ci: {settings: [jpeg_q20]}", "      ci: {settings: []}")
     params = tmp_path / "params.yaml"
