@@ -190,7 +190,11 @@ class SampledCrossLayerAttention(AttentionBase):
             raise ValueError(f"num_refs must be >= 1, got {num_refs}")
         self.num_refs, self.num_keys, self.logit_form, self.adaptive = num_refs, num_keys, logits, adaptive
         self.keys_per_query = num_refs * num_keys
-        self.temperature = temperature  # (S6) Gumbel-sigmoid tau; the trainer anneals it
+        # (S6) Gumbel-sigmoid tau, which the trainer anneals (``temperature``): a 0-dim buffer rather than a float
+        # attribute, so that torch.compile reads it as a tensor input. A float became a symbol after one recompile,
+        # and dynamo could still specialise on it (guard ``self.temperature == 0.9``, from inductor's tensorify
+        # pass) and recompile at every annealed value; that failed a CI run's recompile test.
+        self.register_buffer("tau", torch.tensor(float(temperature), dtype=torch.float64), persistent=False)
         value_channels = value_channels or channels
         self.register_buffer("grid", key_grid(num_keys, dilation), persistent=False)  # (K, 2) p_k
         self.value = nn.Conv2d(channels, value_channels, 1)  # (S2) W_v, shared by the references
@@ -245,10 +249,22 @@ class SampledCrossLayerAttention(AttentionBase):
             return hard.to(scores.dtype)
         return hard.to(scores.dtype) + (relaxed - relaxed.detach())  # straight-through, exactly 0/1 forward
 
+    @property
+    def temperature(self) -> float:
+        """(S6) tau as a number (a read, not for use inside a compiled forward)."""
+        return float(self.tau)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        with torch.no_grad():
+            self.tau.fill_(value)  # in place: a compiled forward keeps reading the same buffer
+
     def relaxed_gates(self, scores: torch.Tensor) -> torch.Tensor:
         """(S6) the relaxed training gates sigmoid((s + n) / tau), n logistic noise log u - log(1 - u)."""
         noise = torch.logit(torch.rand_like(scores), eps=1e-6)
-        return torch.sigmoid((scores + noise) / self.temperature)
+        # divided in at least float32 and rounded once, as a division by a Python float is (bf16 autocast on CUDA)
+        opmath = torch.promote_types(scores.dtype, torch.float32)
+        return torch.sigmoid(((scores + noise).to(opmath) / self.tau.to(opmath)).to(scores.dtype))
 
     def skips_closed_keys(self) -> bool:
         """Whether this call gathers the open keys only: deterministic gates, nothing to differentiate, eager."""
@@ -318,8 +334,8 @@ class SampledCrossLayerAttention(AttentionBase):
                 if self.training:  # (S6) the kernel opens relaxed > 1/2
                     relaxed = self.relaxed_gates(scores)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]  # raw F^r as rows (the op makes them contiguous)
-        # tau as a tensor: a float argument of a custom op would make torch.compile recompile at every annealed value
-        temperature = torch.full((), self.temperature, dtype=heads.dtype, device=heads.device)
+        # tau as a tensor (a float argument of a custom op would make torch.compile recompile at every annealed value)
+        temperature = self.tau.to(heads.dtype)
         summed, counts, _, budget = kernel_attend(maps, heads, relaxed, probability, self.grid.to(query.dtype),
                                                   self.adaptive, temperature)
         if self.adaptive:
