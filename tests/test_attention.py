@@ -371,33 +371,50 @@ def test_the_kernels_key_budget_gradient_is_torchs_bit_for_bit(relaxed: bool) ->
     assert not heads.grad[..., :-keys].any()  # the sums' gradient was zero
 
 
-def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals() -> None:
-    # The trainer sets a new tau every iteration: the compiled step must take it as an input, not as a constant
-    if gather_kernel.load() is None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["fused-walk", "pure-torch"])
+def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals(
+        kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The trainer sets a new tau every iteration: the compiled step must take it as an input, not as a constant.
+    # kernel: the CPU fused walk; otherwise the fast path's torch ops (CUDA, and machines without a compiler).
+    if kernel and gather_kernel.load() is None:
         pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    if not kernel:
+        monkeypatch.setattr(gather_kernel, "load", lambda: None)
     from torch._dynamo.utils import counters, guard_failures
+    from torch._inductor import config as inductor_config
 
     torch._dynamo.reset()
     counters.clear()
     guard_failures.clear()
-    module = build_attention("acla", 8, 2, num_keys=4).train()
+    module = randomise(build_attention("acla", 8, 2, num_keys=4, gate_bias=0.0), 21).train()  # gates that matter
     query, *refs = (t.float().requires_grad_() for t in maps(1, 8, 6, 7, count=3, seed=20))
     compiled = torch.compile(module, fullgraph=True)
 
-    def step(temperature: float) -> None:
+    def step(temperature: float, forward) -> list[torch.Tensor]:
         module.temperature = temperature
-        (compiled(query, refs).sum() + module.budget_loss).backward()
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(5)  # the same gate noise for the compiled and the eager call
+        (forward(query, refs).sum() + module.budget_loss).backward()
+        return [parameter.grad.clone() for parameter in module.parameters()]
 
-    step(1.0)
-    graphs = counters["stats"]["unique_graphs"]
-    for temperature in (0.9, 0.8, 0.7, 0.6):
-        step(temperature)
-    # tau is a buffer the trainer fills in place: a tensor input of the graph, so no new value may fail a guard or
-    # add a graph. (As a float attribute it recompiled once, and a full CI run once saw dynamo specialise on it,
-    # guard ``self.temperature == 0.9`` from inductor's tensorify pass, and recompile at every value.)
-    reasons = [reason for found in guard_failures.values() for reason in found]
-    assert not reasons and counters["stats"]["unique_graphs"] == graphs, reasons
-    assert module.temperature == 0.6 and module.tau.dtype == torch.float64
+    with inductor_config.patch(fallback_random=True):  # the compiled graph draws the noise as eager does
+        step(1.0, compiled)
+        graphs = counters["stats"]["unique_graphs"]
+        for temperature in (0.9, 0.8, 0.7, 0.6):
+            step(temperature, compiled)
+        # tau is a buffer the trainer fills in place: a tensor input of the graph, so no new value may fail a guard
+        # or add a graph. (As a float attribute it recompiled once, and a full CI run once saw dynamo specialise on
+        # it, guard ``self.temperature == 0.9`` from inductor's tensorify pass, and recompile at every value.)
+        reasons = [reason for found in guard_failures.values() for reason in found]
+        assert not reasons and counters["stats"]["unique_graphs"] == graphs, reasons
+        assert module.temperature == 0.6 and module.tau.dtype == torch.float64
+        # ...and read at every call, not frozen: tau reaches the gradients only (the gates are exactly 0/1 forward),
+        # which differ between tau 1 and 0.3 (eager) and agree between compiled and eager at 0.3
+        eager = step(0.3, module)
+        at_one = step(1.0, module)
+        assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(at_one, eager, strict=True))
+        for compiled_grad, eager_grad in zip(step(0.3, compiled), eager, strict=True):
+            assert torch.allclose(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:

@@ -193,7 +193,8 @@ class SampledCrossLayerAttention(AttentionBase):
         # (S6) Gumbel-sigmoid tau, which the trainer anneals (``temperature``): a 0-dim buffer rather than a float
         # attribute, so that torch.compile reads it as a tensor input. A float became a symbol after one recompile,
         # and dynamo could still specialise on it (guard ``self.temperature == 0.9``, from inductor's tensorify
-        # pass) and recompile at every annealed value; that failed a CI run's recompile test.
+        # pass) and recompile at every annealed value; that failed a CI run's recompile test. Float64 unless the
+        # module is cast (``.half()`` rounds tau too; autocast does not).
         self.register_buffer("tau", torch.tensor(float(temperature), dtype=torch.float64), persistent=False)
         value_channels = value_channels or channels
         self.register_buffer("grid", key_grid(num_keys, dilation), persistent=False)  # (K, 2) p_k
@@ -262,9 +263,11 @@ class SampledCrossLayerAttention(AttentionBase):
     def relaxed_gates(self, scores: torch.Tensor) -> torch.Tensor:
         """(S6) the relaxed training gates sigmoid((s + n) / tau), n logistic noise log u - log(1 - u)."""
         noise = torch.logit(torch.rand_like(scores), eps=1e-6)
-        # divided in at least float32 and rounded once, as a division by a Python float is (bf16 autocast on CUDA)
+        # Divided in at least float32 and rounded once, as a division by a Python float is (bf16 autocast; on CUDA
+        # that multiplied by the reciprocal: within an ulp). A copy of tau: autograd may save it for the backward,
+        # and the trainer fills the buffer in place.
         opmath = torch.promote_types(scores.dtype, torch.float32)
-        return torch.sigmoid(((scores + noise).to(opmath) / self.tau.to(opmath)).to(scores.dtype))
+        return torch.sigmoid(((scores + noise).to(opmath) / self.tau.to(opmath, copy=True)).to(scores.dtype))
 
     def skips_closed_keys(self) -> bool:
         """Whether this call gathers the open keys only: deterministic gates, nothing to differentiate, eager."""
@@ -335,7 +338,7 @@ class SampledCrossLayerAttention(AttentionBase):
                     relaxed = self.relaxed_gates(scores)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]  # raw F^r as rows (the op makes them contiguous)
         # tau as a tensor (a float argument of a custom op would make torch.compile recompile at every annealed value)
-        temperature = self.tau.to(heads.dtype)
+        temperature = self.tau.to(heads.dtype, copy=True)  # a copy: the backward reads it; the trainer refills tau
         summed, counts, _, budget = kernel_attend(maps, heads, relaxed, probability, self.grid.to(query.dtype),
                                                   self.adaptive, temperature)
         if self.adaptive:
