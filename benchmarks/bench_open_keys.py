@@ -2,12 +2,13 @@
 
 One ``acla`` module (C = 64, R = 4 references, K = 9 keys, as at the last of the four stages of
 EDSR-baseline) on a 180x320 feature map, eval mode, no autograd. The gate logits are set so that exactly
-the given fraction of each query's R*K keys is open. Four paths, timed in interleaved rounds: the fused C++
-walk (CPU: gates, softmax over the open keys and their bilinear sum in one pass per query, W_v folded into
-W_z), the fast path with the C++ gather kernel only (it skips weight-0 keys; the gates and softmax in torch),
-the fast path in pure torch (packed bags of the open keys), and the reference path (every key gathered,
-closed ones weighted 0). Every fraction and path is timed in the same interleaved rounds (one module per
-fraction), so that the ratios between fractions do not hold the machine's drift.
+the given fraction of each query's R*K keys is open (fraction 0: one key, as trained gates mostly leave). Five
+paths, timed in interleaved rounds: the fused C++ walk (CPU: gates, the open keys' offsets and logits, the softmax
+over them and their bilinear sum in one pass per query, W_v folded into W_z), the same walk with every key's offsets
+and logits projected before it (as under ``torch.compile``), the fast path with the C++ gather kernel only (it skips
+weight-0 keys; the gates and softmax in torch), the fast path in pure torch (packed bags of the open keys), and the
+reference path (every key gathered, closed ones weighted 0). Every fraction and path is timed in the same
+interleaved rounds (one module per fraction), so that the ratios between fractions do not hold the machine's drift.
 ``--channels-last``: query and references in channels-last memory, as a channels-last network hands them (the
 fused walk then copies none), results in ``open_keys_<device>_channels_last.csv``.
 Usage: ``python -m benchmarks.bench_open_keys [--device cuda] [--repeats 3] [--channels-last]``.
@@ -30,11 +31,12 @@ from benchmarks.common import (
     interleaved_samples,
     round_ratio_range,
     save_figure,
+    with_every_key_projected,
     without_fused_walk,
     write_csv,
 )
 
-FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # 0: one key open
 
 
 def run(device: torch.device, height: int, width: int, channels: int, refs: int, keys: int,
@@ -45,8 +47,11 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
     query, *reference_maps = (torch.randn(1, channels, height, width, device=device).contiguous(memory_format=layout)
                               for _ in range(refs + 1))
     kernel = gather_kernel.load() if device.type == "cpu" else None
-    paths = {"fused C++ walk": kernel, "fast, C++ gather kernel": kernel, "fast, pure torch": None,
-             "reference (dense)": None} if kernel else {"fast, pure torch": None, "reference (dense)": None}
+    paths = {"fused C++ walk": kernel, "fused C++ walk, every key projected": kernel, "fast, C++ gather kernel": kernel,
+             "fast, pure torch": None, "reference (dense)": None} if kernel else {"fast, pure torch": None,
+                                                                                 "reference (dense)": None}
+    switches = {"fast, C++ gather kernel": without_fused_walk,
+                "fused C++ walk, every key projected": with_every_key_projected}
     opened = {fraction: max(1, round(fraction * refs * keys)) for fraction in FRACTIONS}
     modules = {fraction: with_open_keys(module, count) for fraction, count in opened.items()}
 
@@ -54,7 +59,7 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
         def step() -> None:
             gather_kernel._kernel = paths[path]
             modules[fraction].fast = not path.startswith("reference")
-            with without_fused_walk() if path == "fast, C++ gather kernel" else nullcontext(), torch.inference_mode():
+            with switches.get(path, nullcontext)(), torch.inference_mode():
                 modules[fraction](query, reference_maps)
 
         return step

@@ -75,17 +75,29 @@ def gather_implementation(device: torch.device) -> str:
 
 
 @contextmanager
-def without_fused_walk():
-    """CLA/ACLA without the fused walk: every module on the gather-kernel path (gates and softmax in torch, training
-    and inference), so that a benchmark can time both paths on the same weights."""
+def answering_false(predicate: str):
+    """Every CLA/ACLA module with its method ``predicate`` answering False, so that a benchmark can time another path
+    on the same weights."""
     from acla.models.attention import SampledCrossLayerAttention
 
-    fused = SampledCrossLayerAttention.runs_fused_walk
-    SampledCrossLayerAttention.runs_fused_walk = lambda self, query, refs: False
+    original = getattr(SampledCrossLayerAttention, predicate)
+    setattr(SampledCrossLayerAttention, predicate, lambda self, *args: False)
     try:
         yield
     finally:
-        SampledCrossLayerAttention.runs_fused_walk = fused
+        setattr(SampledCrossLayerAttention, predicate, original)
+
+
+def without_fused_walk():
+    """CLA/ACLA without the fused walk: every module on the gather-kernel path (gates and softmax in torch, training
+    and inference)."""
+    return answering_false("runs_fused_walk")
+
+
+def with_every_key_projected():
+    """ACLA's fused walk at inference as ``torch.compile`` runs it: the offsets and logits of every key projected in one
+    matrix product before the walk (eager inference projects the open keys' alone, in the walk)."""
+    return answering_false("skips_closed_keys")
 
 
 def forward_backward(module: torch.nn.Module, inputs: list[torch.Tensor]):

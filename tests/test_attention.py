@@ -344,6 +344,12 @@ def test_the_kernel_op_passes_opcheck() -> None:
         for gates in relaxed:
             torch.library.opcheck(attention.kernel_attend, (maps, heads.requires_grad_(), gates, probability, grid,
                                                             gated, torch.tensor(0.5, dtype=torch.float64)))
+    # ACLA's inference walk, which projects the open keys' offsets and logits itself (no autograd)
+    rows, scores = (torch.randn(1, 3, 4, c, generator=generator, dtype=torch.float64) for c in (5, 8))
+    weights = [torch.randn(c, 5, generator=generator, dtype=torch.float64) for c in (16, 8)]
+    torch.library.opcheck(attention.kernel_attend_open, ([m.detach() for m in maps], rows, scores, weights[0],
+                                                         torch.randn(16, dtype=torch.float64), weights[1],
+                                                         torch.randn(8, dtype=torch.float64), grid))
 
 
 @pytest.mark.parametrize("relaxed", [False, True])
@@ -470,8 +476,14 @@ def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str,
         assert module.runs_fused_walk(query, refs) == (logits == "predicted" and gather == "kernel")
         skipping = module(query, refs)
         counts, budget = module.open_key_counts.clone(), module.key_budget.clone()
+        if module.runs_fused_walk(query, refs):  # the walk under torch.compile: every key's offsets and logits
+            with pytest.MonkeyPatch.context() as patched:
+                patched.setattr(SampledCrossLayerAttention, "skips_closed_keys", lambda self: False)
+                dense_heads = module(query, refs)
         module.fast = False
         dense = module(query, refs)  # the reference: every key gathered, closed ones weighted 0
+    if module.runs_fused_walk(query, refs):
+        assert torch.allclose(dense_heads, dense, rtol=0, atol=1e-12)
     if gate_bias == 0:
         assert 0.2 < float(counts.mean()) / 27 < 0.8
     else:  # the kernel's few-open-keys walk, and queries whose gates all shut (the best-scored key alone opens)

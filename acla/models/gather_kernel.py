@@ -243,6 +243,36 @@ int64_t key_weights(const scalar_t* logits, const scalar_t* scores, const scalar
   return open;
 }
 
+// The weighted bilinear sum of one query's open keys, into sum[:C]; returns the weights times each key's in-map
+// bilinear mass (W_v's bias reaches the output through it). Open key i is key open_keys[i] of the query's M = R*K, of
+// weight attention[i], with its taps at entry i of ``taps`` (computed for the open keys alone). maps[r]: reference r as
+// rows (B*H*W, C); image: the first row of the query's image; zeros: C zeros, read in place of a tap outside the map.
+template <typename scalar_t, int FIXED_CHANNELS>
+scalar_t sum_open_keys(const std::vector<const scalar_t*>& maps, const KeyTaps<scalar_t>& taps,
+                       const int32_t* open_keys, const scalar_t* attention, int64_t open, int64_t keys, int64_t image,
+                       int64_t runtime_channels, const scalar_t* zeros, scalar_t* __restrict__ sum) {
+  const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
+  scalar_t mass = 0;
+  for (int64_t i = 0; i < open; ++i) {  // the open keys only: a closed key reads nothing
+    const int64_t r = open_keys[i] / keys;
+    if (!(attention[i] > 0)) continue;  // an open key whose weight underflowed
+    const scalar_t* source[4];
+    scalar_t coefficient[4];
+    for (int t = 0; t < 4; ++t) {
+      const int32_t pixel = taps.pixel[t * open + i];
+      source[t] = pixel >= 0 ? maps[r] + (image + pixel) * channels : zeros;
+      coefficient[t] = attention[i] * taps.weight[t * open + i];
+      mass += coefficient[t];
+    }
+    const scalar_t *__restrict__ s0 = source[0], *__restrict__ s1 = source[1], *__restrict__ s2 = source[2],
+                   *__restrict__ s3 = source[3];
+    const scalar_t c0 = coefficient[0], c1 = coefficient[1], c2 = coefficient[2], c3 = coefficient[3];
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) sum[c] += (c0 * s0[c] + c1 * s1[c]) + (c2 * s2[c] + c3 * s3[c]);
+  }
+  return mass;
+}
+
 // CLA/ACLA with predicted logits, (S1)-(S7), one query per iteration. heads (B, H, W, (3 or 4)*R*K): the query's
 // offsets (x, y per key), logits and, when gated, gate scores; maps[r]: the raw reference r (B*H*W, C); grid (K, 2):
 // the keys' fixed offsets; relaxed (B, H, W, R*K): the relaxed training gates, or null. The open keys' bilinear
@@ -261,10 +291,11 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
   const std::vector<scalar_t> grid_y = grid_column(grid, keys, per_query, 1);
   at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
-    const std::vector<scalar_t> zeros(channels, scalar_t(0));  // read in place of a tap outside the map
+    const std::vector<scalar_t> zeros(channels, scalar_t(0));
     KeyTaps<scalar_t> taps(per_query);
     std::vector<int32_t> open_keys(per_query);
     std::vector<scalar_t> open_offsets(2 * per_query), open_grid_x(per_query), open_grid_y(per_query);
+    std::vector<scalar_t> open_weight(per_query);
     for (int64_t q = begin; q < end; ++q) {
       const scalar_t* offsets = heads + q * head_width;
       scalar_t* weight = softmax + q * per_query;
@@ -274,8 +305,8 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
       scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
       scalar_t* __restrict__ sum = FIXED_CHANNELS > 0 ? local : generic.data();
       if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
-      scalar_t mass = 0;
       const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
+      for (int64_t i = 0; i < open; ++i) open_weight[i] = weight[open_keys[i]];
       if (open == per_query) {  // every key open (CLA, a fresh ACLA): the taps straight from the heads
         taps.template compute<false>(offsets, grid_x.data(), grid_y.data(), scalar_t(x), scalar_t(y), height, width,
                                      open);
@@ -290,24 +321,117 @@ void attend_forward_kernel(const std::vector<const scalar_t*>& maps, const scala
         taps.template compute<false>(open_offsets.data(), open_grid_x.data(), open_grid_y.data(), scalar_t(x),
                                      scalar_t(y), height, width, open);
       }
-      for (int64_t i = 0; i < open; ++i) {  // the open keys only: a closed key reads nothing
-        const int64_t m = open_keys[i], r = m / keys;
-        const scalar_t attention = weight[m];
-        if (!(attention > 0)) continue;  // an open key whose weight underflowed
-        const scalar_t* source[4];
-        scalar_t coefficient[4];
-        for (int t = 0; t < 4; ++t) {
-          const int32_t pixel = taps.pixel[t * open + i];
-          source[t] = pixel >= 0 ? maps[r] + (image + pixel) * channels : zeros.data();
-          coefficient[t] = attention * taps.weight[t * open + i];
-          mass += coefficient[t];
-        }
-        const scalar_t *__restrict__ s0 = source[0], *__restrict__ s1 = source[1], *__restrict__ s2 = source[2],
-                       *__restrict__ s3 = source[3];
-        const scalar_t c0 = coefficient[0], c1 = coefficient[1], c2 = coefficient[2], c3 = coefficient[3];
-#pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) sum[c] += (c0 * s0[c] + c1 * s1[c]) + (c2 * s2[c] + c3 * s3[c]);
+      const scalar_t mass = sum_open_keys<scalar_t, FIXED_CHANNELS>(maps, taps, open_keys.data(), open_weight.data(),
+                                                                    open, keys, image, channels, zeros.data(), sum);
+      std::copy(sum, sum + channels, out + q * (channels + 1));
+      out[q * (channels + 1) + channels] = mass;
+    }
+  });
+}
+
+// (S1), (S3) for the open keys of one query: key m's offsets (x, y) are rows 2m and 2m + 1 of W_o times the query's
+// features plus their biases, its logit row m of W_a; packed: open key i into offsets[2i], offsets[2i + 1] and
+// logits[i]. Two keys per pass: six dot products in flight, where three (one key) wait on their adds.
+template <typename scalar_t, int FIXED_CHANNELS>
+void project_open_keys(const scalar_t* __restrict__ features, const scalar_t* offset_weight,
+                       const scalar_t* offset_bias, const scalar_t* logit_weight, const scalar_t* logit_bias,
+                       const int32_t* open_keys, int64_t open, int64_t runtime_channels, scalar_t* offsets,
+                       scalar_t* logits) {
+  const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
+  int64_t i = 0;
+  for (; i + 1 < open; i += 2) {
+    const int32_t m = open_keys[i], n = open_keys[i + 1];
+    const scalar_t *__restrict__ mx = offset_weight + 2 * m * channels, *__restrict__ my = mx + channels;
+    const scalar_t *__restrict__ nx = offset_weight + 2 * n * channels, *__restrict__ ny = nx + channels;
+    const scalar_t *__restrict__ me = logit_weight + m * channels, *__restrict__ ne = logit_weight + n * channels;
+    scalar_t a = 0, b = 0, c = 0, d = 0, e = 0, f = 0;
+#pragma omp simd reduction(+ : a, b, c, d, e, f)
+    for (int64_t k = 0; k < channels; ++k) {
+      a += mx[k] * features[k];
+      b += my[k] * features[k];
+      c += me[k] * features[k];
+      d += nx[k] * features[k];
+      e += ny[k] * features[k];
+      f += ne[k] * features[k];
+    }
+    offsets[2 * i] = a + offset_bias[2 * m];
+    offsets[2 * i + 1] = b + offset_bias[2 * m + 1];
+    logits[i] = c + logit_bias[m];
+    offsets[2 * i + 2] = d + offset_bias[2 * n];
+    offsets[2 * i + 3] = e + offset_bias[2 * n + 1];
+    logits[i + 1] = f + logit_bias[n];
+  }
+  if (i < open) {
+    const int32_t m = open_keys[i];
+    const scalar_t *__restrict__ mx = offset_weight + 2 * m * channels, *__restrict__ my = mx + channels;
+    const scalar_t* __restrict__ me = logit_weight + m * channels;
+    scalar_t a = 0, b = 0, c = 0;
+#pragma omp simd reduction(+ : a, b, c)
+    for (int64_t k = 0; k < channels; ++k) {
+      a += mx[k] * features[k];
+      b += my[k] * features[k];
+      c += me[k] * features[k];
+    }
+    offsets[2 * i] = a + offset_bias[2 * m];
+    offsets[2 * i + 1] = b + offset_bias[2 * m + 1];
+    logits[i] = c + logit_bias[m];
+  }
+}
+
+// ACLA at inference with deterministic gates (s > 0, (S6)): (S1)-(S7) of ``attend_forward_kernel``, but the offsets
+// and logits are projected for the open keys alone, in the walk: key m's offsets are rows 2m and 2m + 1 of W_o (S1)
+// and its logit row m of W_a (S3), each times the query's features (its row of ``rows``, (B*H*W, C)) plus the bias.
+// With half the keys closed a dense projection of every key would still cost what it costs with all open; here the
+// open keys' projections, taps and gathers are all the work that depends on the keys. scores (B*H*W, R*K): the gate
+// scores s, projected by the caller (every key's is needed to know which are open). The query with every gate shut
+// opens its best-scored key (S7). out and counts as for ``attend_forward_kernel``; no softmax is kept (no backward).
+template <typename scalar_t, int FIXED_CHANNELS>
+void attend_open_kernel(const std::vector<const scalar_t*>& maps, const scalar_t* rows, const scalar_t* scores,
+                        const scalar_t* offset_weight, const scalar_t* offset_bias, const scalar_t* logit_weight,
+                        const scalar_t* logit_bias, const scalar_t* grid, scalar_t* __restrict__ out,
+                        scalar_t* counts, int64_t batch, int64_t height, int64_t width, int64_t keys,
+                        int64_t runtime_channels) {
+  const int64_t channels = FIXED_CHANNELS > 0 ? FIXED_CHANNELS : runtime_channels;
+  const int64_t pixels = height * width, refs = maps.size(), per_query = refs * keys;
+  const std::vector<scalar_t> grid_x = grid_column(grid, keys, per_query, 0);
+  const std::vector<scalar_t> grid_y = grid_column(grid, keys, per_query, 1);
+  at::parallel_for(0, batch * pixels, 64, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> generic(FIXED_CHANNELS > 0 ? 0 : channels);
+    const std::vector<scalar_t> zeros(channels, scalar_t(0));
+    KeyTaps<scalar_t> taps(per_query);
+    std::vector<int32_t> open_keys(per_query);
+    std::vector<scalar_t> open_offsets(2 * per_query), open_grid_x(per_query), open_grid_y(per_query);
+    std::vector<scalar_t> open_weight(per_query);
+    for (int64_t q = begin; q < end; ++q) {
+      const scalar_t* score = scores + q * per_query;
+      int64_t open = 0;
+      for (int64_t m = 0; m < per_query; ++m) {  // no branch on the gate, as in ``key_weights``
+        open_keys[open] = static_cast<int32_t>(m);
+        open += score[m] > 0;
       }
+      if (open == 0) open_keys[open++] = static_cast<int32_t>(first_maximum(score, per_query));  // (S7)
+      counts[q] = scalar_t(open);
+      // (S1), (S3): the open keys' offsets and logits; (S4), (S7): the softmax over them
+      project_open_keys<scalar_t, FIXED_CHANNELS>(rows + q * channels, offset_weight, offset_bias, logit_weight,
+                                                  logit_bias, open_keys.data(), open, channels, open_offsets.data(),
+                                                  open_weight.data());
+      scalar_t top = -std::numeric_limits<scalar_t>::infinity(), total = 0;
+      for (int64_t i = 0; i < open; ++i) {
+        const int32_t m = open_keys[i];
+        open_grid_x[i] = grid_x[m];
+        open_grid_y[i] = grid_y[m];
+        top = open_weight[i] > top ? open_weight[i] : top;
+      }
+      for (int64_t i = 0; i < open; ++i) total += open_weight[i] = std::exp(std::min(open_weight[i] - top, scalar_t(0)));
+      for (int64_t i = 0; i < open; ++i) open_weight[i] /= total;
+      const int64_t image = (q / pixels) * pixels, y = (q % pixels) / width, x = q % width;
+      taps.template compute<false>(open_offsets.data(), open_grid_x.data(), open_grid_y.data(), scalar_t(x),
+                                   scalar_t(y), height, width, open);
+      scalar_t local[FIXED_CHANNELS > 0 ? FIXED_CHANNELS : 1] = {};
+      scalar_t* __restrict__ sum = FIXED_CHANNELS > 0 ? local : generic.data();
+      if (FIXED_CHANNELS == 0) std::fill(generic.begin(), generic.end(), scalar_t(0));
+      const scalar_t mass = sum_open_keys<scalar_t, FIXED_CHANNELS>(maps, taps, open_keys.data(), open_weight.data(),
+                                                                    open, keys, image, channels, zeros.data(), sum);
       std::copy(sum, sum + channels, out + q * (channels + 1));
       out[q * (channels + 1) + channels] = mass;
     }
@@ -523,6 +647,34 @@ std::vector<torch::Tensor> attend_forward(std::vector<torch::Tensor> maps, torch
   return {out, counts, softmax};
 }
 
+// ACLA at inference (``attend_open_kernel``): maps R x (B, H, W, C) contiguous rows of the raw references; rows
+// (B, H, W, C) the query's; scores (B, H, W, R*K) the gate scores; offset_weight (2*R*K, C) and offset_bias W_o's,
+// logit_weight (R*K, C) and logit_bias W_a's; grid (K, 2). Returns the sums (B, H, W, C + 1) and the open-key counts
+// (B, H, W).
+std::vector<torch::Tensor> attend_open_forward(std::vector<torch::Tensor> maps, torch::Tensor rows,
+                                               torch::Tensor scores, torch::Tensor offset_weight,
+                                               torch::Tensor offset_bias, torch::Tensor logit_weight,
+                                               torch::Tensor logit_bias, torch::Tensor grid) {
+  const int64_t batch = rows.size(0), height = rows.size(1), width = rows.size(2), channels = rows.size(3);
+  const int64_t keys = grid.size(0), per_query = keys * maps.size();
+  TORCH_CHECK(maps[0].size(-1) == channels, "the query and the references must have the same channels");
+  TORCH_CHECK(scores.numel() == batch * height * width * per_query, "gate scores must be (B, H, W, R*K)");
+  TORCH_CHECK(offset_weight.size(0) == 2 * per_query && offset_weight.size(1) == channels &&
+              offset_bias.numel() == 2 * per_query, "W_o must be (2*R*K, C) with 2*R*K biases");
+  TORCH_CHECK(logit_weight.size(0) == per_query && logit_weight.size(1) == channels && logit_bias.numel() == per_query,
+              "W_a must be (R*K, C) with R*K biases");
+  auto out = torch::empty({batch, height, width, channels + 1}, maps[0].options());
+  auto counts = torch::empty({batch, height, width}, maps[0].options());
+  AT_DISPATCH_FLOATING_TYPES(maps[0].scalar_type(), "acla_attend_open_forward", [&] {
+    ACLA_DISPATCH_CHANNELS(channels, attend_open_kernel, pointers<scalar_t>(maps), rows.data_ptr<scalar_t>(),
+                           scores.data_ptr<scalar_t>(), offset_weight.data_ptr<scalar_t>(),
+                           offset_bias.data_ptr<scalar_t>(), logit_weight.data_ptr<scalar_t>(),
+                           logit_bias.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                           counts.data_ptr<scalar_t>(), batch, height, width, keys, channels);
+  });
+  return {out, counts};
+}
+
 // The gradients of ``attend_forward`` for grad (B, H, W, C + 1), from its softmax: the R maps' (when need_maps) and the
 // heads'. relaxed: the relaxed training gates (B, H, W, R*K) at temperature tau (0-dim), or empty; probability: the gate
 // probabilities (B, H, W, R*K) whose mean is the key budget, and grad_budget that mean's gradient (0-dim), or both
@@ -584,7 +736,8 @@ def load():
         vector = _vector_flags()
         _kernel = load_inline(
             name="acla_bilinear_gather" + "".join(flag.replace("-m", "_") for flag in vector),
-            cpp_sources=SOURCE, functions=["gather_forward", "gather_backward", "attend_forward", "attend_backward"],
+            cpp_sources=SOURCE, functions=["gather_forward", "gather_backward", "attend_forward", "attend_backward",
+                       "attend_open_forward"],
             # no trapping math: lets the compiler vectorise the taps' selects (nothing here reads FP exceptions)
             extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp", *vector], extra_ldflags=["-fopenmp"], verbose=False,
         )
