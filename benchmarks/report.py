@@ -111,18 +111,20 @@ def _acla_path(frame: pd.DataFrame) -> str:
     """How the run's CLA/ACLA modules computed, from its ``gather`` column: the wording of (c) and (d)."""
     if "gather" in frame and frame["gather"].iloc[0] == "C++ kernel":
         return ("the fused C++ walk (gates, softmax over the open keys and their bilinear sum in one pass per query; "
-                "W_v folded into W_z; a custom op, eager or compiled)")
+                "eager inference projects the open keys' offsets and logits in it too; W_v folded into W_z; a custom "
+                "op, eager or compiled)")
     return ("the pure-torch path (training on CUDA: `F.grid_sample` and a weighted sum; inference: `embedding_bag` "
             "gathers of the bilinear taps; under `torch.compile`, ops that inductor fuses): the fused walk is the CPU "
             "kernel's")
 
 
-FUSED_WALK_FIXED_SHARE = """The fused walk neither gathers nor computes taps for a closed key, but its time
-also holds the query's projections (4 R K outputs per pixel), the reading of all of them and the gate and
-softmax pass over every key, the output product and, with NCHW inputs, the copies of the references into rows (in
-a whole network the backbone lays each reference out once); none of them depends on the open keys. The faster the
-gather, the larger that fixed share: for one module of C 32, R 4 at 320x180 the kernel alone took 15 ms with one
-key open per query against 50 ms with all open (2 threads, 61cfce8)."""
+FUSED_WALK_FIXED_SHARE = """At inference the fused walk projects the offsets and logits of the open keys
+alone, in the walk (two keys per pass), and neither computes taps for a closed key nor gathers it; what it pays
+whatever the keys: the gate scores of every key (R K outputs per pixel, one matrix product: they say which keys
+are open), the gate pass, the output product W_z W_v and, with NCHW inputs, the copies of the query and the
+references into rows (in a whole network the backbone lays each reference out once). `fused C++ walk, every key
+projected` is the walk that training and `torch.compile` take: the 4 R K heads of every key in one matrix product
+before it, a cost that does not fall with the open keys."""
 
 
 def _open_key_paths(frame: pd.DataFrame) -> str:
@@ -242,7 +244,7 @@ Relative to all keys open{_spread(frame, "relative_low", " (of the medians; in b
 
 {_table(relative, list(relative.columns), relative_formats)}
 
-Closing keys saves gathers only. {_open_key_paths(frame)}
+{_open_key_paths(frame)}
 
 {half_closed_ceiling(frame)}
 """
@@ -250,24 +252,23 @@ Closing keys saves gathers only. {_open_key_paths(frame)}
 
 def half_closed_ceiling(frame: pd.DataFrame) -> str:
     """The share of the module's FLOPs that closing half the keys removes, beside the run's measured savings: per
-    query, the gather of 4 taps x C per open key (2 FLOPs a multiply-add) against the projections every query pays,
-    the 4 M heads (offsets, logits, gates) from C channels and W_z W_v from C + 1."""
+    query, the gather of 4 taps x C per open key (2 FLOPs a multiply-add), the 4 M heads (offsets, logits, gates)
+    from C channels and W_z W_v from C + 1. With every key projected only the gathers fall with the open keys; with
+    the open keys' offsets and logits projected in the walk (3 of the 4 M heads) those fall too."""
     first = frame.iloc[0]
     channels, keys_per_query = int(first["channels"]), int(first["refs"]) * int(first["keys"])
     gather = 2 * 4 * channels * keys_per_query
     heads, output = 2 * channels * 4 * keys_per_query, 2 * (channels + 1) * channels
-    ceiling = gather / 2 / (gather + heads + output)
-    # offsets and logits projected for the open keys only (3 of the 4 M heads per key): the fixed part is the gates
-    reachable = (gather + 2 * channels * 3 * keys_per_query) / 2 / (gather + heads + output)
+    every_key = gather / 2 / (gather + heads + output)
+    open_keys = (gather + 2 * channels * 3 * keys_per_query) / 2 / (gather + heads + output)
     half = frame[(frame.open_fraction - 0.5).abs() < 1e-9].set_index("path")["relative_to_all_open"]
     measured = "; ".join(f"{path}: {100 * (1 - value):.0f} %" for path, value in half.items())
-    return (f"Closing half the keys removes {100 * ceiling:.0f} % of this module's FLOPs (C = {channels}, M = R K = "
-            f"{keys_per_query}: per query the gathers are {gather} FLOPs with every key open, the projections "
-            f"{heads + output}, and only the gathers fall with the open keys). Measured saving at one half: "
-            f"{measured or 'not measured'}; a path whose time follows its FLOPs can save about that share, a path whose "
-            "gathers cost more than their FLOPs (pure torch) more of a larger total. A third of the FLOPs would go "
-            f"only with the offsets and logits projected for the open keys alone (then {100 * reachable:.0f} %), "
-            "which no path here does.")
+    return (f"Closing half the keys removes {100 * every_key:.0f} % of this module's FLOPs where every key's offsets "
+            f"and logits are projected, {100 * open_keys:.0f} % where the open keys' alone are (C = {channels}, M = R K "
+            f"= {keys_per_query}: per query the gathers are {gather} FLOPs with every key open, the projections "
+            f"{heads + output}, of which the open keys' offsets and logits {2 * channels * 3 * keys_per_query}). "
+            f"Measured saving at one half: {measured or 'not measured'}; a path whose time follows its FLOPs saves "
+            "about its share, a path whose gathers cost more than their FLOPs (pure torch) more of a larger total.")
 
 
 def trained_section(frame: pd.DataFrame) -> str:

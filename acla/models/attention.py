@@ -26,8 +26,9 @@ same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and 
   ``bilinear_gather``: on CPU the kernel's gather walk (custom op ``acla::bilinear_gather``), or, where no
   compiler builds it, pure torch (taps per corner, one autograd node with a hand-written backward); on
   CUDA, training's weighted sum is one batched ``F.grid_sample`` (``grid_sample_aggregate``). At inference
-  with deterministic gates, closed keys are never gathered: the kernels skip them, the pure-torch path packs
-  each query's open keys into one bag.
+  with deterministic gates, closed keys are never gathered: the kernels skip them (ACLA's eager walk,
+  ``open_key_walk``, the custom op ``acla::attend_open``, projects the open keys' offsets and logits alone, too),
+  the pure-torch path packs each query's open keys into one bag.
 * the reference path (``fast=False``): 1x1 convolutions, the four bilinear taps of every key as rows of a
   channels-last table and one ``F.embedding_bag`` with the attention and bilinear weights fused, autograd
   through every op (``benchmarks/bench_sampling.py`` compares the formulations, with one batched
