@@ -284,15 +284,18 @@ class TaskStudy:
         start = time.perf_counter()
         setting = self.settings[0]
         config = self.run_config(setting)
+        no_module = trained and "acla" not in self.variants(setting)  # the search kept no ACLA module
         summary = None
-        if not trained or "acla" in self.variants(setting):
-            model = self.model(setting, "acla") if trained else ModelSpec(
-                setting, config.model.backbone, "acla", (2, 4), num_keys=config.model.num_keys).build()
+        if not no_module:
+            if trained:
+                model = self.model(setting, "acla")
+            else:
+                model = ModelSpec(setting, config.model.backbone, "acla", (2, 4), num_keys=config.model.num_keys).build()
             summary = key_report(model.to(self.device), setting, self.test_sets(setting)[0], out,
                                  data_root=self.data_root, crop=config.evaluate.crop or 96, seed=config.train.seed,
                                  verify=config.data.verify)
             summary |= {"figure": str(sampled_keys(out, out / "module_keys.png"))}
-        save_provenance(self, "module", time.perf_counter() - start, folder=out)
+        save_provenance(self, "module", time.perf_counter() - start, folder=out, skipped=no_module)
         return summary
 
     def evaluate(self) -> pd.DataFrame:
@@ -412,10 +415,12 @@ def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def save_provenance(task: TaskStudy, step: str, wall_seconds: float, folder: Path | None = None) -> None:
+def save_provenance(task: TaskStudy, step: str, wall_seconds: float, folder: Path | None = None,
+                    skipped: bool | None = None) -> None:
     """``<step>/provenance.json`` (or in ``folder``): what was run (profile, device, torch, commit, date, wall time,
-    data root, settings, training, seeds) and never a path of the machine; the report labels its rows with it."""
-    info = {"task": task.name, "step": step, "skipped": not task.settings,
+    data root, settings, training, seeds) and never a path of the machine; the report labels its rows with it.
+    ``skipped``: the step had nothing to do (default: the profile lists no setting for the task)."""
+    info = {"task": task.name, "step": step, "skipped": not task.settings if skipped is None else skipped,
             **run_record(task.study.profile, task.data_root, wall_seconds, task.device),
             "settings": list(task.settings), "seeds": list(task.seeds),
             "headline": list(task.config.headline.variants), "train": dataclasses.asdict(task.config.train),

@@ -275,6 +275,12 @@ def test_the_module_step_writes_its_provenance_beside_its_figure(tmp_path: Path)
     provenance = json.loads((out / "provenance.json").read_text())
     assert summary is not None and (out / "module_keys.png").is_file()
     assert provenance["step"] == "module" and provenance["profile"] == "ci" and provenance["wall_seconds"] > 0
+    assert provenance["skipped"] is False
+    # a search that kept no ACLA module: nothing to draw, and the provenance says so
+    study.variants = lambda setting: ("backbone",)
+    assert study.explain(tmp_path / "none", trained=True) is None
+    assert json.loads((tmp_path / "none" / "provenance.json").read_text())["skipped"] is True
+    assert [path.name for path in (tmp_path / "none").iterdir()] == ["provenance.json"]
 
 
 def test_a_profile_may_skip_a_task_and_its_stages_write_only_provenance(tmp_path: Path) -> None:

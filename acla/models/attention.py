@@ -192,10 +192,8 @@ class SampledCrossLayerAttention(AttentionBase):
         self.num_refs, self.num_keys, self.logit_form, self.adaptive = num_refs, num_keys, logits, adaptive
         self.keys_per_query = num_refs * num_keys
         # (S6) Gumbel-sigmoid tau, which the trainer anneals (``temperature``): a 0-dim buffer rather than a float
-        # attribute, so that torch.compile reads it as a tensor input. A float became a symbol after one recompile,
-        # and dynamo could still specialise on it (guard ``self.temperature == 0.9``, from inductor's tensorify
-        # pass) and recompile at every annealed value; that failed a CI run's recompile test. Float64 unless the
-        # module is cast (``.half()`` rounds tau too; autocast does not).
+        # attribute, so that torch.compile reads it as a tensor input (dynamo may specialise on a float and recompile
+        # at every annealed value). Float64 unless the module is cast (``.half()`` rounds tau too; autocast does not).
         self.register_buffer("tau", torch.tensor(float(temperature), dtype=torch.float64), persistent=False)
         value_channels = value_channels or channels
         self.register_buffer("grid", key_grid(num_keys, dilation), persistent=False)  # (K, 2) p_k
