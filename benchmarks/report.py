@@ -107,12 +107,13 @@ def _conditions(frame: pd.DataFrame) -> str:
     return f"{frame['device'].iloc[0]}{gather}" + (f". Conditions: {note}" if note else "")
 
 
-def _acla_path(frame: pd.DataFrame) -> str:
-    """How the run's CLA/ACLA modules computed, from its ``gather`` column: the wording of (c) and (d)."""
+def _acla_path(frame: pd.DataFrame, *, inference: bool) -> str:
+    """How the run's CLA/ACLA modules computed, from its ``gather`` column: the wording of (c) (``inference``) and
+    (d)."""
     if "gather" in frame and frame["gather"].iloc[0] == "C++ kernel":
+        projected = "eager, ACLA's projects the open keys' offsets and logits in it too; " if inference else ""
         return ("the fused C++ walk (gates, softmax over the open keys and their bilinear sum in one pass per query; "
-                "eager inference projects the open keys' offsets and logits in it too; W_v folded into W_z; a custom "
-                "op, eager or compiled)")
+                f"{projected}W_v folded into W_z; a custom op, eager or compiled)")
     return ("the pure-torch path (training on CUDA: `F.grid_sample` and a weighted sum; inference: `embedding_bag` "
             "gathers of the bilinear taps; under `torch.compile`, ops that inductor fuses): the fused walk is the CPU "
             "kernel's")
@@ -162,8 +163,8 @@ def overhead_section(frame: pd.DataFrame) -> str:
     summary = "" if fastest is None else (
         f"Fastest + ACLA at the four stages: mode `{fastest['mode']}`, {fastest['latency_s']:.3f} s, "
         f"{fastest['latency_overhead_pct']:+.1f} % latency over the backbone in the same mode (FLOPs "
-        f"{fastest['flops_overhead_pct']:+.1f} %). CLA and ACLA run by {_acla_path(frame)}; a fresh module has every "
-        "gate open (gate bias 2), so these rows gather every key.\n")
+        f"{fastest['flops_overhead_pct']:+.1f} %). CLA and ACLA run by {_acla_path(frame, inference=True)}; a fresh "
+        "module has every gate open (gate bias 2), so these rows gather every key.\n")
     return f"""## (c) Overhead of ACLA on EDSR-baseline x2 ({_conditions(frame)})
 
 `python -m benchmarks.bench_overhead` — inference at a {frame['input'].iloc[0]} LR input (640x360 output),
@@ -207,7 +208,7 @@ def training_section(frame: pd.DataFrame) -> str:
     return f"""## (d) Training step: backbone time / ACLA time ({_conditions(frame)})
 
 `python -m benchmarks.bench_training` — Adam + L1 steps on random tensors, batch {frame['batch'].iloc[0]}, + ACLA
-at the four stages, forward and backward by {_acla_path(frame)}; SR x2 at an LR patch of 24, denoising at 48x48.
+at the four stages, forward and backward by {_acla_path(frame, inference=False)}; SR x2 at an LR patch of 24, denoising at 48x48.
 Backbone time / ACLA time (1 = free){_spread(frame, "ratio_low", ", of the median steps, and in brackets the lowest and "
 "highest of the rounds (each ACLA step against the backbone's in the same round)")}:
 
