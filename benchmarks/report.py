@@ -111,7 +111,8 @@ def _acla_path(frame: pd.DataFrame, *, inference: bool) -> str:
     """How the run's CLA/ACLA modules computed, from its ``gather`` column: the wording of (c) (``inference``) and
     (d)."""
     if "gather" in frame and frame["gather"].iloc[0] == "C++ kernel":
-        projected = "eager, ACLA's projects the open keys' offsets and logits in it too; " if inference else ""
+        projected = (
+            "at inference, eager, ACLA's walk projects the open keys' offsets and logits alone; " if inference else "")
         return ("the fused C++ walk (gates, softmax over the open keys and their bilinear sum in one pass per query; "
                 f"{projected}W_v folded into W_z; a custom op, eager or compiled)")
     return ("the pure-torch path (training on CUDA: `F.grid_sample` and a weighted sum; inference: `embedding_bag` "
@@ -208,7 +209,8 @@ def training_section(frame: pd.DataFrame) -> str:
     return f"""## (d) Training step: backbone time / ACLA time ({_conditions(frame)})
 
 `python -m benchmarks.bench_training` — Adam + L1 steps on random tensors, batch {frame['batch'].iloc[0]}, + ACLA
-at the four stages, forward and backward by {_acla_path(frame, inference=False)}; SR x2 at an LR patch of 24, denoising at 48x48.
+at the four stages, forward and backward by {_acla_path(frame, inference=False)}; SR x2 at an LR patch of 24,
+denoising at 48x48.
 Backbone time / ACLA time (1 = free){_spread(frame, "ratio_low", ", of the median steps, and in brackets the lowest and "
 "highest of the rounds (each ACLA step against the backbone's in the same round)")}:
 
