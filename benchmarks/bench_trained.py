@@ -3,15 +3,19 @@
 The fresh modules of (c) keep every gate open (gate bias 2); a trained ACLA closes keys, so what it costs at
 inference can only be measured on trained weights. This loads the backbone and +ACLA (first headline seed)
 that a profile's ``retrain`` stage wrote (default: the ``cpu`` profile, ``runs/cpu/sr``), and times them at a
-320x180 LR input in interleaved rounds, eval mode, no autograd: the backbone, +ACLA on the fused C++ walk, and
-+ACLA on the gather-kernel-only path (the fused walk switched off). It also records the keys the trained gates
-leave open per query. It needs those checkpoints, so ``python -m benchmarks`` does not run it.
+320x180 LR input in interleaved rounds, eval mode, no autograd, NCHW and channels-last (as (c)): the backbone,
++ACLA on the fused C++ walk (the open keys' offsets and logits projected in the walk), on the fused walk with every
+key's projected first (what ``torch.compile`` runs), and on the gather-kernel-only path (the fused walk switched
+off), each against the backbone of the same round. It also records the keys the trained gates leave open per
+query. It needs those checkpoints, so ``python -m benchmarks`` does not run it.
 Usage: ``ACLA_DATA=... python -m benchmarks.bench_trained [--profile cpu] [--runs runs] [--repeats 15]``.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import statistics
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import pandas as pd
 import torch
@@ -19,35 +23,52 @@ import torch
 from acla.efficiency import count_flops
 from acla.models.attention import SampledCrossLayerAttention
 from acla.study import open_task
-from benchmarks.common import device_name, inference_arguments, interleaved_seconds, without_fused_walk, write_csv
+from benchmarks.common import (device_name, inference_arguments, interleaved_samples, round_ratio_range,
+                               with_every_key_projected, without_fused_walk, write_csv)
+
+
+MODES = ("eager", "eager, channels-last")
+
+
+def inference_step(model: torch.nn.Module, x: torch.Tensor, path: Callable[[], AbstractContextManager] = nullcontext):
+    """One forward of ``model`` on ``x`` without autograd, on the attention path that ``path`` selects."""
+
+    def step() -> None:
+        with path(), torch.inference_mode():
+            model(x)
+
+    return step
 
 
 def run(profile: str, runs: str, height: int, width: int, repeats: int) -> pd.DataFrame:
     study = open_task("sr", "params.yaml", profile=profile, runs=runs, progress=False)
     setting = study.settings[0]
-    backbone, acla = study.model(setting, "backbone"), study.model(setting, "acla")
-    x = torch.rand(1, 3, height, width)
+    rows = []
+    for mode in MODES:  # (c)'s eager modes: the trained gates in the layout (c) recommends too
+        memory_format = torch.channels_last if mode == "eager, channels-last" else torch.contiguous_format
+        backbone, acla = (study.model(setting, label).to(memory_format=memory_format) for label in ("backbone", "acla"))
+        x = torch.rand(1, 3, height, width).contiguous(memory_format=memory_format)
 
-    def forward(model: torch.nn.Module, fused_walk: bool = True):
-        def step() -> None:
-            with nullcontext() if fused_walk else without_fused_walk(), torch.inference_mode():
-                model(x)
-
-        return step
-
-    steps = {"backbone": forward(backbone), "+ ACLA, fused C++ walk": forward(acla),
-             "+ ACLA, C++ gather kernel only": forward(acla, fused_walk=False)}
-    seconds = interleaved_seconds(steps, torch.device("cpu"), repeats)
-    modules = [m for m in acla.modules() if isinstance(m, SampledCrossLayerAttention)]
-    opened = " ".join(f"{float(m.open_keys):.2f}/{m.keys_per_query}" for m in modules)
-    gflops = {name: count_flops(step) / 1e9 for name, step in steps.items()}
-    rows = [{"model": name, "gflops": gflops[name], "flops_overhead_pct": 100 * (gflops[name] / gflops["backbone"] - 1),
-             "latency_s": seconds[name], "overhead_pct": 100 * (seconds[name] / seconds["backbone"] - 1),
-             "setting": setting, "profile": profile, "backbone": study.config.model.backbone,
-             "inserted_after": " ".join(map(str, study.searched(setting).insert)), "open_keys": opened,
-             "input": f"{width}x{height}", "device": device_name(torch.device("cpu"))} for name in steps]
-    for row in rows:
-        print(row, flush=True)
+        steps = {"backbone": inference_step(backbone, x), "+ ACLA, fused C++ walk": inference_step(acla, x),
+                 "+ ACLA, fused C++ walk, every key projected": inference_step(acla, x, with_every_key_projected),
+                 "+ ACLA, C++ gather kernel only": inference_step(acla, x, without_fused_walk)}
+        samples = interleaved_samples(steps, torch.device("cpu"), repeats)
+        steps["+ ACLA, fused C++ walk"]()  # the open-key counts of the path that inference takes
+        modules = [m for m in acla.modules() if isinstance(m, SampledCrossLayerAttention)]
+        opened = " ".join(f"{float(m.open_keys):.2f}/{m.keys_per_query}" for m in modules)
+        gflops = {name: count_flops(step) / 1e9 for name, step in steps.items()}
+        base = statistics.median(samples["backbone"])
+        for name in steps:
+            low, high = round_ratio_range(samples[name], samples["backbone"])  # against the backbone, round by round
+            latency = statistics.median(samples[name])
+            rows.append({"model": name, "mode": mode, "gflops": gflops[name],
+                         "flops_overhead_pct": 100 * (gflops[name] / gflops["backbone"] - 1), "latency_s": latency,
+                         "overhead_pct": 100 * (latency / base - 1), "overhead_low_pct": 100 * (low - 1),
+                         "overhead_high_pct": 100 * (high - 1), "rounds": repeats, "setting": setting,
+                         "profile": profile, "backbone": study.config.model.backbone,
+                         "inserted_after": " ".join(map(str, study.searched(setting).insert)), "open_keys": opened,
+                         "input": f"{width}x{height}", "device": device_name(torch.device("cpu"))})
+            print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 
 

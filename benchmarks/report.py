@@ -274,18 +274,39 @@ def half_closed_ceiling(frame: pd.DataFrame) -> str:
             "about its share, a path whose gathers cost more than their FLOPs (pure torch) more of a larger total.")
 
 
+TRAINED_SPREAD = """ (overheads against the backbone in the same mode: of the medians, and the lowest and highest
+of the rounds, each model against the backbone's call in the same round)"""
+
+
 def trained_section(frame: pd.DataFrame) -> str:
     first = frame.iloc[0]
+    columns = ["model", "gflops", "flops_overhead_pct", "latency_s", "overhead_pct"]
+    if "mode" in frame:  # older runs timed NCHW only
+        columns.insert(1, "mode")
+    if "overhead_low_pct" in frame:
+        frame = frame.assign(per_round_range=["" if model == "backbone" else _range(low, high, "{:+.1f}") for
+                                              model, low, high in
+                                              zip(frame.model, frame.overhead_low_pct, frame.overhead_high_pct)])
+        columns.append("per_round_range")
     formats = {"gflops": "{:.2f}", "flops_overhead_pct": "{:+.1f}", "latency_s": "{:.3f}", "overhead_pct": "{:+.1f}"}
+    acla = frame[frame.model != "backbone"]
+    fastest = acla.loc[acla.latency_s.idxmin()]
+    summary = (f"Fastest + ACLA: `{fastest['model'].removeprefix('+ ACLA, ')}`"
+               + (f", mode `{fastest['mode']}`" if "mode" in frame else "")
+               + f", {fastest['overhead_pct']:+.1f} % latency over the backbone in the same mode.")
     return f"""## (f) Trained models at inference ({_conditions(frame)})
 
 `python -m benchmarks.bench_trained` — the `{first['profile']}` profile's trained {first['setting']} models (backbone
 `{first['backbone']}`, first seed; + ACLA after blocks {first['inserted_after']}), {first['input']} LR input, eval mode, no
-autograd, interleaved rounds. Keys the trained gates leave open per query, by module: {first['open_keys']}.
+autograd, interleaved rounds{_spread(frame, "overhead_low_pct", TRAINED_SPREAD)}. Keys the trained gates leave open per
+query, by module: {first['open_keys']}.
 
-{_table(frame, ["model", "gflops", "flops_overhead_pct", "latency_s", "overhead_pct"], formats)}
+{_table(frame, columns, formats)}
 
+{summary}
 FLOPs count the gather of every key, closed ones included (as (c) does); latency pays only for the open ones.
+`fused C++ walk, every key projected` is the walk `torch.compile` takes: the offsets and logits of every key
+projected in one matrix product before it.
 """
 
 
