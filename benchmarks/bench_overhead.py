@@ -19,9 +19,11 @@ import torch
 from acla.efficiency import count_flops, peak_memory_bytes
 from acla.models import build_model
 from benchmarks.common import (
+    MEMORY_FORMATS,
     device_name,
     gather_implementation,
     inference_arguments,
+    inference_step,
     interleaved_samples,
     round_ratio_range,
     save_figure,
@@ -36,11 +38,11 @@ CONFIGURATIONS = (
 )
 
 
-MODES = ("eager", "eager, channels-last", "compiled")
+MODES = tuple(MEMORY_FORMATS)  # eager, eager channels-last, compiled
 
 
 def run(device: torch.device, height: int, width: int, repeats: int, mode: str) -> pd.DataFrame:
-    memory_format = torch.channels_last if mode == "eager, channels-last" else torch.contiguous_format
+    memory_format = MEMORY_FORMATS[mode]
     models = []
     for label, attention, insert in CONFIGURATIONS:
         torch.manual_seed(0)
@@ -48,26 +50,18 @@ def run(device: torch.device, height: int, width: int, repeats: int, mode: str) 
         model = model.to(memory_format=memory_format)
         models.append(torch.compile(model, dynamic=False) if mode == "compiled" else model)
     x = torch.rand(1, 3, height, width, device=device).contiguous(memory_format=memory_format)
-
-    def forward(model: torch.nn.Module):
-        def step() -> None:
-            with torch.inference_mode():
-                model(x)
-
-        return step
-
-    samples = interleaved_samples({label: forward(model) for (label, _, _), model in zip(CONFIGURATIONS, models)},
-                                  device, repeats)
+    steps = {label: inference_step(model, x) for (label, _, _), model in zip(CONFIGURATIONS, models)}
+    samples = interleaved_samples(steps, device, repeats)
     backbone = samples[CONFIGURATIONS[0][0]]
     rows = []
     for (label, attention, insert), model in zip(CONFIGURATIONS, models):
         low, high = round_ratio_range(samples[label], backbone)  # this model over the backbone, round by round
         rows.append({"model": label, "attention": attention, "insert": insert,
                      "params": sum(p.numel() for p in model.parameters()),
-                     "gflops": count_flops(forward(getattr(model, "_orig_mod", model))) / 1e9,
+                     "gflops": count_flops(inference_step(getattr(model, "_orig_mod", model), x)) / 1e9,
                      "latency_s": statistics.median(samples[label]),
                      "latency_overhead_low_pct": 100 * (low - 1), "latency_overhead_high_pct": 100 * (high - 1),
-                     "rounds": repeats, "peak_mib": peak_memory_bytes(forward(model), device) / 2**20,
+                     "rounds": repeats, "peak_mib": peak_memory_bytes(inference_step(model, x), device) / 2**20,
                      "input": f"{width}x{height}", "mode": mode,
                      "device": device_name(device), "gather": gather_implementation(device)})
         print(rows[-1], flush=True)

@@ -100,7 +100,7 @@ def run(sizes: list[int], device: torch.device, batch: int, channels: int, refs:
             torch.testing.assert_close(output, reference, atol=1e-4, rtol=1e-4, msg=f"{name} disagrees at {size}")
         for name, function in formulations.items():
 
-            def step(function=function) -> None:
+            def step(function=function, tensors=tensors) -> None:
                 for tensor in tensors:
                     tensor.grad = None
                 function(*tensors).mean().backward()

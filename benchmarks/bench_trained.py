@@ -14,8 +14,6 @@ Usage: ``ACLA_DATA=... python -m benchmarks.bench_trained [--profile cpu] [--run
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import pandas as pd
 import torch
@@ -23,40 +21,39 @@ import torch
 from acla.efficiency import count_flops
 from acla.models.attention import SampledCrossLayerAttention
 from acla.study import open_task
-from benchmarks.common import (device_name, inference_arguments, interleaved_samples, round_ratio_range,
-                               with_every_key_projected, without_fused_walk, write_csv)
-
+from benchmarks.common import (
+    MEMORY_FORMATS,
+    device_name,
+    inference_arguments,
+    inference_step,
+    interleaved_samples,
+    round_ratio_range,
+    with_every_key_projected,
+    without_fused_walk,
+    write_csv,
+)
 
 MODES = ("eager", "eager, channels-last")
-
-
-def inference_step(model: torch.nn.Module, x: torch.Tensor, path: Callable[[], AbstractContextManager] = nullcontext):
-    """One forward of ``model`` on ``x`` without autograd, on the attention path that ``path`` selects."""
-
-    def step() -> None:
-        with path(), torch.inference_mode():
-            model(x)
-
-    return step
 
 
 def run(profile: str, runs: str, height: int, width: int, repeats: int) -> pd.DataFrame:
     study = open_task("sr", "params.yaml", profile=profile, runs=runs, progress=False)
     setting = study.settings[0]
-    rows = []
+    rows, gflops, opened = [], {}, ""
     for mode in MODES:  # (c)'s eager modes: the trained gates in the layout (c) recommends too
-        memory_format = torch.channels_last if mode == "eager, channels-last" else torch.contiguous_format
+        memory_format = MEMORY_FORMATS[mode]
         backbone, acla = (study.model(setting, label).to(memory_format=memory_format) for label in ("backbone", "acla"))
         x = torch.rand(1, 3, height, width).contiguous(memory_format=memory_format)
 
         steps = {"backbone": inference_step(backbone, x), "+ ACLA, fused C++ walk": inference_step(acla, x),
-                 "+ ACLA, fused C++ walk, every key projected": inference_step(acla, x, with_every_key_projected),
-                 "+ ACLA, C++ gather kernel only": inference_step(acla, x, without_fused_walk)}
+                 "+ ACLA, fused C++ walk, every key projected": inference_step(acla, x, path=with_every_key_projected),
+                 "+ ACLA, C++ gather kernel only": inference_step(acla, x, path=without_fused_walk)}
         samples = interleaved_samples(steps, torch.device("cpu"), repeats)
-        steps["+ ACLA, fused C++ walk"]()  # the open-key counts of the path that inference takes
-        modules = [m for m in acla.modules() if isinstance(m, SampledCrossLayerAttention)]
-        opened = " ".join(f"{float(m.open_keys):.2f}/{m.keys_per_query}" for m in modules)
-        gflops = {name: count_flops(step) / 1e9 for name, step in steps.items()}
+        if not gflops:  # FLOPs and open keys do not depend on the layout: counted once
+            steps["+ ACLA, fused C++ walk"]()  # the open-key counts of the path that inference takes
+            modules = [m for m in acla.modules() if isinstance(m, SampledCrossLayerAttention)]
+            opened = " ".join(f"{float(m.open_keys):.2f}/{m.keys_per_query}" for m in modules)
+            gflops = {name: count_flops(step) / 1e9 for name, step in steps.items()}
         base = statistics.median(samples["backbone"])
         for name in steps:
             low, high = round_ratio_range(samples[name], samples["backbone"])  # against the backbone, round by round

@@ -6,7 +6,7 @@ import argparse
 import os
 import statistics
 from collections.abc import Callable, Hashable
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +17,10 @@ from acla.files import atomic_save_figure, atomic_write_text
 from acla.provenance import device_name  # noqa: F401 - re-exported: every benchmark names its device as the study does
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "benchmarks"
+
+# The inference modes of (c) and (f), and the memory layout of model and input in each.
+MEMORY_FORMATS = {"eager": torch.contiguous_format, "eager, channels-last": torch.channels_last,
+                  "compiled": torch.contiguous_format}
 
 
 def attention_arguments(doc: str | None, *, sizes: list[int], channels: int, repeats: int) -> argparse.ArgumentParser:
@@ -98,6 +102,18 @@ def with_every_key_projected():
     """ACLA's fused walk at inference as ``torch.compile`` runs it: the offsets and logits of every key projected in one
     matrix product before the walk (eager inference projects the open keys' alone, in the walk)."""
     return answering_false("skips_closed_keys")
+
+
+def inference_step(model: torch.nn.Module, *inputs: torch.Tensor,
+                   path: Callable[[], AbstractContextManager] = nullcontext) -> Callable[[], None]:
+    """A closure running one forward of ``model`` on ``inputs`` without autograd, on the attention path that ``path``
+    selects (``without_fused_walk``, ``with_every_key_projected``; by default the one inference takes)."""
+
+    def step() -> None:
+        with path(), torch.inference_mode():
+            model(*inputs)
+
+    return step
 
 
 def forward_backward(module: torch.nn.Module, inputs: list[torch.Tensor]):

@@ -154,8 +154,9 @@ def overhead_section(frame: pd.DataFrame) -> str:
     if "mode" not in frame:
         frame = frame.assign(mode="eager")
     if "latency_overhead_low_pct" in frame:  # the spread of the overhead over the run's rounds
-        frame = frame.assign(per_round_range=[_range(low, high, "{:+.1f}") for low, high in
-                                              zip(frame.latency_overhead_low_pct, frame.latency_overhead_high_pct)])
+        spreads = zip(frame.attention, frame.latency_overhead_low_pct, frame.latency_overhead_high_pct)
+        frame = frame.assign(per_round_range=["" if attention == "none" else _range(low, high, "{:+.1f}")
+                                              for attention, low, high in spreads])  # the backbone against itself
         columns.append("per_round_range")
     formats = {"params": "{:,}", "gflops": "{:.1f}", "latency_s": "{:.3f}", "peak_mib": "{:.0f}",
                "params_overhead_pct": "{:+.1f}", "flops_overhead_pct": "{:+.1f}", "latency_overhead_pct": "{:+.1f}"}
