@@ -493,9 +493,9 @@ def test_acla_inference_on_open_keys_equals_the_dense_masked_result(logits: str,
     assert torch.allclose(budget.double(), module.key_budget.double(), atol=1e-7)
 
 
-def test_the_key_budget_is_the_last_calls_whether_inference_deferred_it_or_not(gather: str) -> None:
-    """(S8) at inference the key budget is computed when read: it must be that call's, and a training call after an
-    unread inference call must leave its own (with its gradient), not the deferred one."""
+def test_the_key_budget_is_the_last_calls_at_inference_and_in_training(gather: str) -> None:
+    """(S8) the key budget is the last call's: an inference call's (the open-key walk computes it beside the walk), and
+    a training call's after it, with its gradient."""
     module = randomise(build_attention("acla", 8, 2, num_keys=9).double(), 3)
     (first, *refs), (second, *more) = maps(2, 8, 5, 7, count=3, seed=4), maps(2, 8, 5, 7, count=3, seed=5)
 
@@ -507,7 +507,7 @@ def test_the_key_budget_is_the_last_calls_whether_inference_deferred_it_or_not(g
         module(second, more)
         module(first, refs)
         assert torch.allclose(module.key_budget, expected(first), rtol=0, atol=1e-12)
-        module(first, refs)  # deferred again, never read
+        module(first, refs)
     module.train()
     module(second, more)
     assert module.key_budget.requires_grad

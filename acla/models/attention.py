@@ -6,8 +6,8 @@ Every module has the same interface, so an ablation is one name in ``build_atten
     block_output = query + residual  # residual is exactly zero at initialisation (S5)
 
 and after each call exposes ``open_keys`` (mean number of keys a query attended to), ``key_budget``
-(mean gate probability, (S8); at inference computed when read) and ``budget_loss``
-(``budget_weight * key_budget``; zero for the non-adaptive modules).
+(mean gate probability, (S8)) and ``budget_loss`` (``budget_weight * key_budget``; zero for the
+non-adaptive modules).
 
 Variants (spec section 5):
 * ``nonlocal``  dense same-layer embedded-Gaussian non-local attention (Wang et al. 2018); quadratic.
@@ -63,19 +63,7 @@ class AttentionBase(nn.Module):
         self.budget_weight = float(budget_weight)
         self.open_keys = torch.tensor(0.0)  # mean keys attended per query, last call
         self.open_key_counts: torch.Tensor | None = None  # (B, H, W) per-query counts, last call (ACLA)
-        self._key_budget = torch.tensor(0.0)  # (S8) see ``key_budget``
-        self._budget_scores: torch.Tensor | None = None  # the gate scores whose key budget is still to compute
-
-    @property
-    def key_budget(self) -> torch.Tensor:
-        """(S8) mean gate probability, last call (0 without gates). At inference it is computed when first read:
-        only training's loss needs it, and the sigmoid of every key's score took 3 of the 19 ms that one ACLA module
-        (C 64, R 4, K 9, 320x180, 2 CPU threads) pays outside its walk whatever the open keys. Until then the module
-        holds that call's gate scores (R K values per pixel; freed by the read or the next call)."""
-        if self._budget_scores is not None:
-            with torch.no_grad():
-                self._key_budget, self._budget_scores = gate_probabilities(self._budget_scores).mean(), None
-        return self._key_budget
+        self.key_budget = torch.tensor(0.0)  # (S8) mean gate probability, last call (0 without gates)
 
     @property
     def budget_loss(self) -> torch.Tensor:
@@ -250,7 +238,7 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def gate_values(self, scores: torch.Tensor) -> torch.Tensor:
         """(S6)-(S7) gates (B, H, W, R*K) from the gate logits ``scores`` s (B, H, W, R*K)."""
-        self.note_gate_scores(scores)  # (S8) the expected fraction of open keys
+        self.key_budget = gate_probabilities(scores).mean()  # (S8) expected fraction of open keys
         if self.training:
             relaxed = self.relaxed_gates(scores)
             hard = relaxed > 0.5
@@ -279,14 +267,6 @@ class SampledCrossLayerAttention(AttentionBase):
         # and the trainer fills the buffer in place.
         opmath = torch.promote_types(scores.dtype, torch.float32)
         return torch.sigmoid(((scores + noise).to(opmath) / self.tau.to(opmath, copy=True)).to(scores.dtype))
-
-    def note_gate_scores(self, scores: torch.Tensor) -> None:
-        """(S8) this call's key budget from its gate scores s: at once where a loss may need it, when read at
-        inference (``skips_closed_keys``: no gradient)."""
-        if self.skips_closed_keys():
-            self._budget_scores = scores
-        else:
-            self._key_budget, self._budget_scores = gate_probabilities(scores).mean(), None
 
     def skips_closed_keys(self) -> bool:
         """Whether this call gathers the open keys only: deterministic gates, nothing to differentiate, eager."""
@@ -363,7 +343,7 @@ class SampledCrossLayerAttention(AttentionBase):
         summed, counts, _, budget = kernel_attend(maps, heads, relaxed, probability, self.grid.to(query.dtype),
                                                   self.adaptive, temperature)
         if self.adaptive:
-            self._key_budget, self._budget_scores = budget, None  # (S8)
+            self.key_budget = budget  # (S8)
         return self.project_walk_sums(query, summed, counts)
 
     def open_key_walk(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
@@ -374,7 +354,7 @@ class SampledCrossLayerAttention(AttentionBase):
         third of its FLOPs go)."""
         rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
         scores = F.linear(rows, self.gate.weight.flatten(1), self.gate.bias).to(query.dtype)  # (S6)
-        self.note_gate_scores(scores)  # (S8)
+        self.key_budget = gate_probabilities(scores).mean()  # (S8)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]
         summed, counts = kernel_attend_open(maps, rows, scores, self.offset.weight.flatten(1).to(query.dtype),
                                             self.offset.bias.to(query.dtype),
