@@ -124,9 +124,9 @@ FUSED_WALK_FIXED_SHARE = """At inference the fused walk projects the offsets and
 alone, in the walk (two keys per pass), and neither computes taps for a closed key nor gathers it; what it pays
 whatever the keys: the gate scores of every key (R K outputs per pixel, one matrix product: they say which keys
 are open), the key budget (S8: the mean of every key's gate sigmoid), the gate pass, the output product W_z W_v
-and, with NCHW inputs, the copies of the query and the references into rows (in a whole network the backbone lays each reference out once). `fused C++ walk, every key
-projected` is the walk that training and `torch.compile` take: the 4 R K heads of every key in one matrix product
-before it, a cost that does not fall with the open keys."""
+and, with NCHW inputs, the copies of the query and the references into rows (in a whole network the backbone lays
+each reference out once). `fused C++ walk, every key projected` is the walk that training and `torch.compile`
+take: the 4 R K heads of every key in one matrix product before it, a cost that does not fall with the open keys."""
 
 
 def _open_key_paths(frame: pd.DataFrame) -> str:
