@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="network input size (LR size for SR)")
     profile.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
-    from acla.gpu_check import __doc__ as gpu_check_doc, add_arguments as gpu_check_arguments
+    from acla.gpu_check.command import __doc__ as gpu_check_doc
+    from acla.gpu_check.command import add_arguments as gpu_check_arguments
 
     gpu_check_arguments(verbs.add_parser("gpu-check", help="correctness, speed and learning of this machine's torch "
                                          "(reports/gpu/<device>/)", description=gpu_check_doc,
@@ -73,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from acla.evaluate import Inference, evaluate, restore
-    from acla.search import search
+    from acla.engine.evaluate import Inference, evaluate, restore
+    from acla.engine.search import search
+    from acla.engine.train import CheckpointError, ModelSpec, load_model, train
     from acla.tasks import parse_task
-    from acla.train import CheckpointError, ModelSpec, load_model, train
 
     try:
         if args.verb == "gpu-check":
-            from acla.gpu_check import run
+            from acla.gpu_check.command import run
 
             return run(args, from_command_line=argv is None)  # the command line's budget counts from process start
         config = load_config(args.config, args.profile)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 restore(model, args.task, args.input, args.output, inference=inference, device=args.device)
         else:
-            from acla.efficiency import profile
+            from acla.engine.efficiency import profile
 
             spec = ModelSpec.from_arch(args.arch) if args.arch else ModelSpec.from_config(args.task, config.model)
             channels = 3 if task.color == "rgb" else 1

@@ -24,7 +24,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from acla.models import build_attention, gather_kernel
+from acla.models import build_attention
+from acla.ops import extension
 from benchmarks.common import (
     device_name,
     inference_arguments,
@@ -46,7 +47,7 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
     layout = torch.channels_last if channels_last else torch.contiguous_format
     query, *reference_maps = (torch.randn(1, channels, height, width, device=device).contiguous(memory_format=layout)
                               for _ in range(refs + 1))
-    kernel = gather_kernel.load() if device.type == "cpu" else None
+    kernel = extension.load() if device.type == "cpu" else None
     paths = {"fused C++ walk": kernel, "fused C++ walk, every key projected": kernel, "fast, C++ gather kernel": kernel,
              "fast, pure torch": None, "reference (dense)": None} if kernel else {"fast, pure torch": None,
                                                                                  "reference (dense)": None}
@@ -57,7 +58,7 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
 
     def call(fraction: float, path: str):
         def step() -> None:
-            gather_kernel._kernel = paths[path]
+            extension._kernel = paths[path]
             modules[fraction].fast = not path.startswith("reference")
             with switches.get(path, nullcontext)(), torch.inference_mode():
                 modules[fraction](query, reference_maps)
@@ -68,7 +69,7 @@ def run(device: torch.device, height: int, width: int, channels: int, refs: int,
     try:  # every fraction and path in the same rounds: the ratios between fractions see the same drift
         samples = interleaved_samples(steps, device, repeats)
     finally:
-        gather_kernel._kernel = kernel
+        extension._kernel = kernel
     spread = {(fraction, path): round_ratio_range(samples[(fraction, path)], samples[(1.0, path)])
               for fraction, path in steps}  # relative to all open, round by round
     rows = [{"path": path, "open_fraction": opened[fraction] / (refs * keys), "open_keys": opened[fraction],

@@ -1,6 +1,6 @@
 """Benchmark (c): what ACLA adds to EDSR-baseline x2 at a 320x180 LR input (a 640x360 output).
 
-Inference (eval mode, no autograd): parameters, forward FLOPs (``acla.efficiency``), median latency
+Inference (eval mode, no autograd): parameters, forward FLOPs (``acla.engine.efficiency``), median latency
 and peak memory, backbone alone vs with modules at the authors' four stages and after every block, in
 three modes: eager, eager with channels-last memory (model and input: the convolutions' fast layout on CPU,
 and the layout ACLA reads its references in, so it copies none), and under ``torch.compile``
@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from acla.efficiency import count_flops, peak_memory_bytes
+from acla.engine.efficiency import count_flops, peak_memory_bytes
 from acla.models import build_model
 from benchmarks.common import (
     MEMORY_FORMATS,

@@ -27,7 +27,6 @@ import seaborn as sns
 import torch
 import torch.nn.functional as F
 
-from acla.models import gather_kernel
 from acla.models.attention import (
     aggregate_keys,
     bilinear_gather,
@@ -35,6 +34,7 @@ from acla.models.attention import (
     grid_sample_coordinates,
     key_grid,
 )
+from acla.ops import extension
 from benchmarks.common import attention_arguments, device_name, measure, save_figure, write_csv
 
 
@@ -61,12 +61,12 @@ def fused_gather(values: torch.Tensor, positions: torch.Tensor, weights: torch.T
 
 def fast_path(kernel: bool):
     def gather(values: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        built = gather_kernel.load()
-        gather_kernel._kernel = built if kernel else None
+        built = extension.load()
+        extension._kernel = built if kernel else None
         try:
             return bilinear_gather(values, positions, weights).permute(0, 3, 1, 2)
         finally:
-            gather_kernel._kernel = built
+            extension._kernel = built
 
     return gather
 
@@ -93,7 +93,7 @@ def run(sizes: list[int], device: torch.device, batch: int, channels: int, refs:
     for size in sizes:
         tensors = inputs(size, batch, channels, refs, keys, device)
         formulations = {name: function for name, function in FORMULATIONS.items()
-                        if not name.endswith("kernel") or (device.type == "cpu" and gather_kernel.load() is not None)}
+                        if not name.endswith("kernel") or (device.type == "cpu" and extension.load() is not None)}
         outputs = {name: function(*tensors) for name, function in formulations.items()}
         reference = outputs["per-key loop"]
         for name, output in outputs.items():  # the same maths, or the comparison means nothing

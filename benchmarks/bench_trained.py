@@ -18,9 +18,9 @@ import statistics
 import pandas as pd
 import torch
 
-from acla.efficiency import count_flops
+from acla.engine.efficiency import count_flops
 from acla.models.attention import SampledCrossLayerAttention
-from acla.study import open_task
+from acla.study.steps import open_task
 from benchmarks.common import (
     MEMORY_FORMATS,
     device_name,

@@ -1,6 +1,6 @@
 """Training step: backbone time / ACLA time, eager, eager channels-last and compiled, for the study's training settings.
 
-Adam + L1 steps (as ``acla.train``) on random tensors (no data loading: the figure is the network's),
+Adam + L1 steps (as ``acla.engine.train``) on random tensors (no data loading: the figure is the network's),
 batch 16: SR x2 at LR patch 24 and denoising at 48x48, ``tiny`` (8 x 32) and ``edsr-baseline``
 (16 x 64), backbone alone and + ACLA at the four stages. The eager rows of one backbone and task are
 timed in interleaved rounds (a step of each model per round), so drift on a shared machine hits them
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from acla.efficiency import peak_memory_bytes
+from acla.engine.efficiency import peak_memory_bytes
 from acla.models import build_model
 from benchmarks.common import device_name, gather_implementation, round_ratio_range, without_fused_walk, write_csv
 

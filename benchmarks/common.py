@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from acla.efficiency import median_seconds, peak_memory_bytes
+from acla.engine.efficiency import median_seconds, peak_memory_bytes
 from acla.files import atomic_save_figure, atomic_write_text
 from acla.provenance import device_name  # noqa: F401 - re-exported: every benchmark names its device as the study does
 
@@ -73,9 +73,9 @@ def round_ratio_range(numerator: list[float], denominator: list[float]) -> tuple
 
 def gather_implementation(device: torch.device) -> str:
     """Which gather the fast path runs here: the C++ kernel (CPU, where it builds) or the pure-torch path."""
-    from acla.models import gather_kernel
+    from acla.ops import extension
 
-    return "C++ kernel" if device.type == "cpu" and gather_kernel.load() is not None else "pure torch"
+    return "C++ kernel" if device.type == "cpu" and extension.load() is not None else "pure torch"
 
 
 @contextmanager

@@ -73,7 +73,7 @@ on the duplicate columns that clamped out-of-map taps make: dropped); `index_add
 scatters instead of the CSR product (40x / 3x slower); a chunked gather + `bmm` for the dot products
 (slower on real, local indices); the gather traced for `torch.compile` (inductor fuses gather and
 scatter; tiny x2 training step ratio 0.33 against 0.23 eager pure torch, 1 thread, contended); and a C++
-kernel (`acla/models/gather_kernel.py`, built on first use, pure-torch fallback): one walk over the
+kernel (`acla/ops/extension.py`, built on first use, pure-torch fallback): one walk over the
 taps (per query, the taps of all its keys in one vectorised pass: computed key by key, that scalar work
 had cost more than the gather), the backward one image per thread without atomics, channel loops unrolled
 for 16/32/64 channels, weight-0 keys skipped: the `fast path, C++ kernel` row.
@@ -170,7 +170,7 @@ def overhead_section(frame: pd.DataFrame) -> str:
     return f"""## (c) Overhead of ACLA on EDSR-baseline x2 ({_conditions(frame)})
 
 `python -m benchmarks.bench_overhead` — inference at a {frame['input'].iloc[0]} LR input (640x360 output),
-FLOPs = 2 x multiply-adds (`acla.efficiency`), median latency, per mode: eager, eager with model and input in
+FLOPs = 2 x multiply-adds (`acla.engine.efficiency`), median latency, per mode: eager, eager with model and input in
 channels-last memory, compiled (overheads against the backbone in the same mode{_spread(frame, "latency_overhead_low_pct",
 ": of the medians, and the lowest and highest of the rounds, each model against the backbone's call in the same round")}):
 

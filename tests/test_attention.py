@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from acla.efficiency import count_flops
-from acla.models import attention, build_attention, build_model, gather_kernel
+from acla.engine.efficiency import count_flops
+from acla.models import attention, build_attention, build_model
 from acla.models.attention import SampledCrossLayerAttention, key_grid
+from acla.ops import extension
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -245,8 +246,8 @@ def outputs_and_gradients(module: torch.nn.Module, inputs: list[torch.Tensor], s
 def gather(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The fast path's gather: the C++ kernel (skipped where it cannot be built) or its pure-torch fallback."""
     if request.param == "torch":
-        monkeypatch.setattr(gather_kernel, "load", lambda: None)
-    elif gather_kernel.load() is None:
+        monkeypatch.setattr(extension, "load", lambda: None)
+    elif extension.load() is None:
         pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
     return request.param
 
@@ -327,7 +328,7 @@ def test_closed_keys_are_never_read(gather: str) -> None:
 
 def test_the_kernel_op_passes_opcheck() -> None:
     # schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op
-    if gather_kernel.load() is None:
+    if extension.load() is None:
         pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
     generator = torch.Generator().manual_seed(16)
     positions = (torch.rand(1, 3, 4, 2, 4, 2, generator=generator, dtype=torch.float64) * 5 - 1).requires_grad_()
@@ -357,7 +358,7 @@ def test_the_kernels_key_budget_gradient_is_torchs_bit_for_bit(relaxed: bool) ->
     # The fused walk's backward writes the gate scores' gradient itself, in the order torch's mean and sigmoid
     # backward round (no fused multiply-add): float32 training then matches the torch graph it replaced exactly. With
     # the sums' gradient zero, the relaxed gates' part is zero and the key budget's is left.
-    if gather_kernel.load() is None:
+    if extension.load() is None:
         pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
     generator = torch.Generator().manual_seed(19)
     keys = 2 * 9
@@ -382,10 +383,10 @@ def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals(
         kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # The trainer sets a new tau every iteration: the compiled step must take it as an input, not as a constant.
     # kernel: the CPU fused walk; otherwise the fast path's torch ops (CUDA, and machines without a compiler).
-    if kernel and gather_kernel.load() is None:
+    if kernel and extension.load() is None:
         pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
     if not kernel:
-        monkeypatch.setattr(gather_kernel, "load", lambda: None)
+        monkeypatch.setattr(extension, "load", lambda: None)
     from torch._dynamo.utils import counters, guard_failures
     from torch._inductor import config as inductor_config
 
@@ -424,7 +425,7 @@ def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals(
 
 
 def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:
-    if gather_kernel.load() is None:
+    if extension.load() is None:
         pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
     module = randomise(build_attention("acla", 16, 2, num_keys=9, gate_bias=0.0), 17).eval()
     query, *refs = (t.float() for t in maps(1, 16, 6, 7, count=3, seed=18))
@@ -569,10 +570,10 @@ def test_cpu_and_gpu_agree() -> None:
 
 def test_search_costs_do_not_depend_on_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     # (S9) costs are the modules' maths: a machine without a compiler must search with the same costs
-    from acla.search import module_costs
+    from acla.engine.search import module_costs
 
     model = build_model("sr", "tiny", attention="acla", insert="every", scale=2, num_blocks=4, channels=8).train()
     with_kernel = module_costs(model, (6, 6))
-    monkeypatch.setattr(gather_kernel, "load", lambda: None)
+    monkeypatch.setattr(extension, "load", lambda: None)
     assert module_costs(model, (6, 6)) == with_kernel
     assert all(module.fast for module in model.attention_modules())  # restored

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from acla.classical import COLUMNS, main, run
 from acla.config import ClassicalConfig
+from acla.study.classical import COLUMNS, main, run
 
 SMALL = ClassicalConfig(scales=(2,), sigmas=(25,), qualities=(10,))
 

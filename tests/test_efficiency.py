@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from acla.efficiency import count_flops, peak_memory_bytes, profile
+from acla.engine.efficiency import count_flops, peak_memory_bytes, profile
 from acla.models import build_attention, build_model
 
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from acla.cli import main as cli_main
-from acla.evaluate import Inference, dihedral, evaluate, undo_dihedral
+from acla.engine.evaluate import Inference, dihedral, evaluate, undo_dihedral
+from acla.engine.train import ModelSpec, save_checkpoint
 from acla.models import build_model
-from acla.train import ModelSpec, save_checkpoint
 
 
 def test_dihedral_transforms_are_undone() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from conftest import study_params
 
 from acla.config import load_config
-from conftest import study_params
-from acla.experiments import degraded_baseline, seeds
+from acla.study.experiments import degraded_baseline, seeds
 
 PARAMS = """
 train:

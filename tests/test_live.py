@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from acla.config import load_config
-from acla.live import TsvLive, open_live
-from acla.study import dvclive_curves
-from acla.train import ModelSpec, train
+from acla.engine.live import TsvLive, open_live
+from acla.engine.train import ModelSpec, train
+from acla.study.steps import dvclive_curves
 
 ROOT = Path(__file__).parents[1]
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from acla.config import AblationConfig, TaskConfig, load_study
-from acla.report import (
+from acla.engine.train import ModelSpec, load_checkpoint, train
+from acla.study.report import (
     _sweep_sentence,
     budget_fit,
     delta_sentence,
@@ -26,8 +27,7 @@ from acla.report import (
     seed_spread,
     task_table,
 )
-from acla.study import TaskStudy, open_task, variant_specs
-from acla.train import ModelSpec, load_checkpoint, train
+from acla.study.steps import TaskStudy, open_task, variant_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_auto_resume_continues_a_finished_run_and_restarts_after_a_config_change
     train(spec, longer, tmp_path, resume="auto", progress=False)  # another config: starts afresh, no error
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == config.train.iterations + 2
 
-    from acla.train import resumable, save_checkpoint
+    from acla.engine.train import resumable, save_checkpoint
 
     state = load_checkpoint(tmp_path / "last.pt")
     assert resumable(tmp_path / "last.pt", state["config_hash"])

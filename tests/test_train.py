@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import study_params
 
 from acla.cli import main as cli_main
-from conftest import study_params
-from acla.evaluate import tiled_forward
+from acla.engine.evaluate import tiled_forward
+from acla.engine.train import CheckpointError, ModelSpec, load_checkpoint
 from acla.models import build_model
-from acla.train import CheckpointError, ModelSpec, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path, capsys)
     assert cli_main(["train", "--config", str(config), "--task", "sr_x2", "--out", str(out)]) == 0
     state = load_checkpoint(out / "last.pt")
     other = ModelSpec("sr_x2", "tiny", "cla", (4, 8))
-    from acla.train import load_weights
+    from acla.engine.train import load_weights
 
     with pytest.raises(CheckpointError, match="another architecture: attention: checkpoint 'acla' != now 'cla'"):
         load_weights(other.build(), state, other, out / "last.pt")

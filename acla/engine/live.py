@@ -4,7 +4,7 @@ dvclive belongs to the study's extras (``pip install -e ".[study]"``); a GPU box
 may have only the core packages (``pip install --no-deps -e .``), and training must run there too.
 ``TsvLive`` writes the part of dvclive's layout that the project reads back: one
 ``plots/metrics/<name>.tsv`` per metric (columns ``step`` and the metric's last name, as
-``acla.study.dvclive_curves`` expects), ``metrics.json`` (latest values and step) and ``params.yaml``.
+``acla.study.steps.dvclive_curves`` expects), ``metrics.json`` (latest values and step) and ``params.yaml``.
 It resumes the way dvclive does: the step after the one ``metrics.json`` records.
 """
 
@@ -21,7 +21,7 @@ from acla.files import atomic_write_text
 
 
 class TsvLive:
-    """The subset of ``dvclive.Live`` that ``acla.train`` calls: params, metrics, steps, end."""
+    """The subset of ``dvclive.Live`` that ``acla.engine.train`` calls: params, metrics, steps, end."""
 
     def __init__(self, directory: str | Path, resume: bool = False) -> None:
         self.directory = Path(directory)

@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from acla.config import Config
 from acla.data import PatchDataset
-from acla.efficiency import count_flops
+from acla.engine.efficiency import count_flops
+from acla.engine.train import ModelSpec, attention_modules, load_images, temperature
 from acla.files import atomic_save_figure, atomic_write_text
 from acla.models.backbones import BACKBONES, RestorationNet
 from acla.tasks import parse_task
-from acla.train import ModelSpec, attention_modules, load_images, temperature
 
 
 def candidate_locations(num_blocks: int, every: int) -> list[int]:

@@ -3,7 +3,7 @@
 ``train(spec, config, out_dir)`` trains ``spec`` (what ``build_model`` needs) on ``config.train``:
 L1 loss plus the ACLA key budget (S8), Adam, step or cosine schedule, validation every N iterations
 on a named set with the task's metric, ``last.pt``/``best.pt`` checkpoints written atomically, dvclive
-metrics (the same TSV files without dvclive: ``acla.live``), a tqdm bar. Under ``torchrun`` it wraps the
+metrics (the same TSV files without dvclive: ``acla.engine.live``), a tqdm bar. Under ``torchrun`` it wraps the
 model in DistributedDataParallel (NCCL on GPU, gloo on CPU), splits every global batch over the ranks
 with a DistributedSampler, validates each image on exactly one rank and reduces the sums, and only
 rank 0 writes.
@@ -36,9 +36,9 @@ from tqdm import tqdm
 from acla.config import Config, ModelConfig, TrainConfig
 from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
+from acla.engine.live import open_live
 from acla.files import atomic_open
 from acla.images import to_image, to_tensor
-from acla.live import open_live
 from acla.models import build_model
 from acla.models.attention import AttentionBase
 from acla.models.backbones import RestorationNet
@@ -112,12 +112,12 @@ class ModelSpec:
 
 # The sources whose change changes what training computes; a checkpoint records their digest so that the
 # pipeline's automatic resume never continues (or reuses) weights that older code trained.
-TRAINING_SOURCES = ("models/attention.py", "models/gather_kernel.py", "models/backbones.py", "train.py", "tasks.py",
+TRAINING_SOURCES = ("models/attention.py", "ops/extension.py", "models/backbones.py", "engine/train.py", "tasks.py",
                     "degradations.py", "images.py", "data/patches.py", "metrics.py")
 
 
 def source_digest() -> str:
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the acla package
     digest = hashlib.sha256()
     for name in TRAINING_SOURCES:
         digest.update(name.encode() + b"\0" + (root / name).read_bytes())

@@ -10,8 +10,8 @@ README.md with the device, torch, commit, date and wall time of each part:
   in the CSV and the READMEs and makes the exit status 1; it is never hidden.
 * ``speed``: attention forward+backward, EDSR-baseline and +ACLA training steps (bf16 autocast and
   channels-last on CUDA, eager and ``torch.compile``), inference latency and ACLA's overhead.
-* ``learning``: EDSR-baseline and +ACLA trained from scratch by ``acla.train.train`` for as many
-  iterations as the budget still allows (the same count for both), scored by ``acla.evaluate.evaluate``
+* ``learning``: EDSR-baseline and +ACLA trained from scratch by ``acla.engine.train.train`` for as many
+  iterations as the budget still allows (the same count for both), scored by ``acla.engine.evaluate.evaluate``
   beside the bicubic rows.
 
 A measure that does not fit the time left is skipped with its reason written down. On the CPU the same
@@ -43,12 +43,12 @@ from torch import nn
 
 from acla.config import Config, load_config
 from acla.data.sets import available_sets, resolve_data_root
-from acla.efficiency import median_seconds, profile
+from acla.engine.efficiency import median_seconds, profile
+from acla.engine.train import ModelSpec, attention_modules, train_step
 from acla.files import atomic_write_text
 from acla.models import build_attention
 from acla.provenance import cpu_model, device_name, run_record
 from acla.tasks import parse_task
-from acla.train import ModelSpec, attention_modules, train_step
 
 TASK = "sr_x2"
 
@@ -84,7 +84,7 @@ BF16_TOLERANCE = {"output": 0.02, "input gradients": 0.2, "parameter gradients":
 SPEED_SHARE = 0.45  # the speed part ends by this fraction of the budget; learning has the rest
 WRITE_RESERVE_S = 3.0  # kept for writing the reports at the end
 SAFETY = 1.3  # training time per iteration is planned at this multiple of the measured time
-LOOP_OVERHEAD_S = 0.005  # per iteration of acla.train.train besides the step: metrics logging, scheduler
+LOOP_OVERHEAD_S = 0.005  # per iteration of acla.engine.train.train besides the step: metrics logging, scheduler
 
 
 def process_age_seconds() -> float:
@@ -225,9 +225,9 @@ def attention_checks(device: torch.device, plan: Plan) -> list[dict]:
 
 
 def tiled_check(device: torch.device, plan: Plan) -> dict:
-    """``acla.evaluate.tiled_forward`` against one whole-image pass of a tiny SR x2 model with four
+    """``acla.engine.evaluate.tiled_forward`` against one whole-image pass of a tiny SR x2 model with four
     randomised ACLA modules: with the overlap wider than the receptive field the two must agree."""
-    from acla.evaluate import tiled_forward
+    from acla.engine.evaluate import tiled_forward
 
     torch.manual_seed(0)
     model = ModelSpec(TASK, "tiny", "acla", "four-stages").build()
@@ -282,7 +282,7 @@ def attention_step(name: str, size: int, batch: int, device: torch.device) -> Ca
 
 def training_step(spec: ModelSpec, batch: int, patch: int, device: torch.device,
                   compiled: bool = False) -> Callable[[], None]:
-    """``acla.train.train_step`` on random tensors, set up as ``acla.train.train`` sets it up on ``device``
+    """``acla.engine.train.train_step`` on random tensors, set up as ``acla.engine.train.train`` sets it up on ``device``
     (channels-last and bf16 autocast on CUDA): the network's step rate, without data loading."""
     torch.manual_seed(0)
     model = spec.build().to(device).train()
@@ -398,7 +398,7 @@ class SpeedRun:
                 self.rows[-1]["overhead_pct"] = 100 * (latencies[1] / latencies[0] - 1)
 
     def latency(self, spec: ModelSpec, height: int, width: int, guess: float, available: float) -> dict:
-        """``acla.efficiency.profile``: median latency, forward FLOPs and peak memory of one LR image."""
+        """``acla.engine.efficiency.profile``: median latency, forward FLOPs and peak memory of one LR image."""
         require(guess, available, f"inference at {width}x{height}")
         torch.manual_seed(0)
         result = profile(spec.build(), (1, 3, height, width), device=self.device, repeats=3)
@@ -441,7 +441,7 @@ def learning_specs(config: Config, arch: Path | None = None) -> dict[str, ModelS
 def data_seconds_per_batch(config: Config, data_root: Path | None) -> float:
     """Seconds the CPU spends making one training batch (crops, augmentation, MATLAB-bicubic degradation)."""
     from acla.data import PatchDataset
-    from acla.train import load_images
+    from acla.engine.train import load_images
 
     images, names = load_images(config.train.train_sets, data_root, config.data.verify)
     dataset = PatchDataset(images, parse_task(TASK), patch_size=config.train.patch_size, length=64, names=names)
@@ -462,8 +462,8 @@ def step_seconds(spec: ModelSpec, config: Config, device: torch.device, measured
 
 @dataclass
 class LearningRun:
-    """The learning part: every variant of ``specs`` trained by ``acla.train.train`` for one affordable
-    count of iterations and scored by ``acla.evaluate.evaluate``; ``notes`` say what was planned."""
+    """The learning part: every variant of ``specs`` trained by ``acla.engine.train.train`` for one affordable
+    count of iterations and scored by ``acla.engine.evaluate.evaluate``; ``notes`` say what was planned."""
 
     device: torch.device
     plan: Plan
@@ -478,15 +478,15 @@ class LearningRun:
         return self.config.evaluate.crop
 
     def test_sets(self) -> list[str]:
-        from acla.evaluate import test_sets
+        from acla.engine.evaluate import test_sets
 
         return test_sets(parse_task(TASK), self.data_root)
 
     def bicubic(self) -> tuple[list[dict], float]:
         """The bicubic rows on exactly the images the networks are scored on, and the seconds they took
         (the CPU part of scoring a network is about the same work)."""
-        from acla.report import compare, published_classical
-        from acla.study import classical_scores
+        from acla.study.report import compare, published_classical
+        from acla.study.steps import classical_scores
 
         start = time.perf_counter()
         rows = classical_scores(TASK, self.test_sets(), self.data_root, self.crop, self.config.train.seed,
@@ -510,9 +510,9 @@ class LearningRun:
         return int(available // per_iteration)
 
     def train_and_score(self, label: str, spec: ModelSpec, iterations: int, scratch: Path) -> list[dict]:
-        from acla.evaluate import Inference, evaluate
-        from acla.study import slug
-        from acla.train import load_model, train
+        from acla.engine.evaluate import Inference, evaluate
+        from acla.engine.train import load_model, train
+        from acla.study.steps import slug
 
         settings = replace(self.config.train, iterations=iterations, validate_every=iterations,
                            checkpoint_every=iterations)
@@ -628,7 +628,7 @@ def shown(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def part_readme(part: Part, record: dict, columns: dict) -> str:
-    from acla.report import markdown
+    from acla.study.report import markdown
 
     failures = "".join(f"- **failed:** {line}\n" for line in part.failed)
     notes = "".join(f"- {line}\n" for line in part.notes)
@@ -673,7 +673,7 @@ def correctness_notes(device: torch.device, plan: Plan) -> list[str]:
         + f"; bf16 autocast {BF16_TOLERANCE['output']:g} for outputs and {BF16_TOLERANCE['input gradients']:g} for "
         "gradients (8-bit mantissa).",
         "Tiled inference: a tiny SR x2 model with four randomised ACLA modules, a 40x40 input run as 16x16 tiles "
-        "with 40 pixels of overlap against one whole pass (`acla.evaluate.tiled_forward`).",
+        "with 40 pixels of overlap against one whole pass (`acla.engine.evaluate.tiled_forward`).",
     ]
 
 
@@ -682,10 +682,10 @@ def speed_notes(device: torch.device, plan: Plan) -> list[str]:
     return [
         f"Attention: forward and backward of one module, 64 channels, {REFS} references, {KEYS} keys"
         + (", bf16 autocast." if cuda else ", fp32."),
-        "Training steps: `acla.train.train_step` (L1 + key budget, Adam) on random tensors, the model set up as "
-        "`acla.train.train` sets it up" + (" (bf16 autocast, channels-last)" if cuda else "")
+        "Training steps: `acla.engine.train.train_step` (L1 + key budget, Adam) on random tensors, the model set up as "
+        "`acla.engine.train.train` sets it up" + (" (bf16 autocast, channels-last)" if cuda else "")
         + "; no data loading. torch.compile's first call (compilation) is in `first call s`.",
-        "Inference: `acla.efficiency.profile` (fp32, eval, one LR image): median latency, forward FLOPs, peak memory; "
+        "Inference: `acla.engine.efficiency.profile` (fp32, eval, one LR image): median latency, forward FLOPs, peak memory; "
         "the overhead is +ACLA against the backbone at the same size.",
         f"Each figure is a median over the repeats after a first call; the measures share {SPEED_SHARE:.0%} of the "
         "budget equally, torch.compile takes what is left of it, and a measure that does not fit is skipped with "
@@ -723,7 +723,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def device_slug(device: torch.device) -> str:
-    from acla.study import slug
+    from acla.study.steps import slug
 
     return slug(device_name(device) if device.type == "cuda" else f"cpu {cpu_model()}").lower()
 

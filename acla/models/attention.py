@@ -20,7 +20,7 @@ same numbers (``SampledCrossLayerAttention(fast=...)``; tests check outputs and 
 
 * the fast path (default): the 1x1 projections as matrix products on channels-last rows (the query's
   heads in one), the output in the query's memory layout. With predicted logits on CPU, where the C++
-  kernel of ``gather_kernel`` builds, CLA and ACLA run as one kernel walk per query, forward and backward,
+  kernel of ``acla.ops.extension`` builds, CLA and ACLA run as one kernel walk per query, forward and backward,
   training and inference (``fused_walk``, the custom op ``acla::attend`` so that ``torch.compile`` keeps
   it): gates, the softmax over the open keys, the open keys' bilinear sum, W_v folded into W_z. Otherwise
   ``bilinear_gather``: on CPU the kernel's gather walk (custom op ``acla::bilinear_gather``), or, where no
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
-from acla.models import gather_kernel
+from acla.ops import extension
 
 LOGIT_FORMS = ("predicted", "dot")
 
@@ -184,7 +184,7 @@ class SampledCrossLayerAttention(AttentionBase):
         super().__init__(budget_weight if adaptive else 0.0)
         self.fast = fast  # False: the reference path (autograd through every bilinear op), kept for tests
         if fast:
-            gather_kernel.load()  # build or find the C++ kernel now, not inside a graph torch.compile traces
+            extension.load()  # build or find the C++ kernel now, not inside a graph torch.compile traces
         if logits not in LOGIT_FORMS:
             raise ValueError(f"logits must be one of {LOGIT_FORMS}, got {logits!r}")
         if num_refs < 1:
@@ -309,7 +309,7 @@ class SampledCrossLayerAttention(AttentionBase):
         custom op with its own backward)."""
         return (self.logit_form == "predicted" and self.fast and query.device.type == "cpu"
                 and query.dtype in (torch.float32, torch.float64) and all(ref.dtype == query.dtype for ref in refs)
-                and gather_kernel.load() is not None)
+                and extension.load() is not None)
 
     def fused_walk(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """(S1)-(S7) in one walk of the C++ kernel per query (``kernel_attend``), forward and backward: the gates,
@@ -584,7 +584,7 @@ def bilinear_gather(
     Without ``weights``: the bilinear samples (B, H, W, R, K, c). With ``weights`` (B, H, W, R, K): (S5)
     their weighted sum over the R*K keys, (B, H, W, c).
 
-    On CPU in float32/float64 the C++ kernel of ``gather_kernel`` does the work where it builds (it skips
+    On CPU in float32/float64 the C++ kernel of ``acla.ops.extension`` does the work where it builds (it skips
     keys of weight 0); otherwise the pure-torch path: the bilinear taps and weights computed once in the
     forward and again, without autograd, in the backward, whose gradients for the positions and weights
     are written out by hand.
@@ -597,7 +597,7 @@ def bilinear_gather(
     if isinstance(maps, torch.Tensor):
         maps = list(maps.permute(0, 2, 3, 1).unflatten(0, (batch, refs)).unbind(1))  # R x (B, H, W, c)
     on_cpu = maps[0].device.type == "cpu" and maps[0].dtype in (torch.float32, torch.float64)
-    if on_cpu and gather_kernel.load() is not None and (open_keys is None or weights is not None):
+    if on_cpu and extension.load() is not None and (open_keys is None or weights is not None):
         # the kernel skips weight-0 keys itself
         weights = maps[0].new_empty(0) if weights is None else weights.to(maps[0].dtype)
         return kernel_gather(positions.to(maps[0].dtype), weights, maps)
@@ -620,10 +620,10 @@ def bilinear_gather(
 
 @torch.library.custom_op("acla::bilinear_gather", mutates_args=())
 def kernel_gather(positions: torch.Tensor, weights: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
-    """``bilinear_gather`` by the C++ kernel of ``gather_kernel`` (CPU, float32/float64): maps R x (B, H, W, c),
+    """``bilinear_gather`` by the C++ kernel of ``acla.ops.extension`` (CPU, float32/float64): maps R x (B, H, W, c),
     positions (B, H, W, R, K, 2), weights (B, H, W, R, K) or empty (one sample per key). A custom op, so
     that ``torch.compile`` keeps it whole in its graphs; its backward is ``kernel_gather_backward``."""
-    return gather_kernel.load().gather_forward([rows.contiguous() for rows in maps], positions.contiguous(),
+    return extension.load().gather_forward([rows.contiguous() for rows in maps], positions.contiguous(),
                                                weights.contiguous())
 
 
@@ -638,7 +638,7 @@ def _(positions, weights, maps):
 def kernel_gather_backward(positions: torch.Tensor, weights: torch.Tensor, maps: list[torch.Tensor],
                            grad: torch.Tensor) -> list[torch.Tensor]:
     """Gradients of ``kernel_gather``: the R maps', the positions' and the weights' (empty without weights)."""
-    *grad_maps, grad_positions, grad_weights = gather_kernel.load().gather_backward(
+    *grad_maps, grad_positions, grad_weights = extension.load().gather_backward(
         [rows.contiguous() for rows in maps], positions.contiguous(), weights.contiguous(), grad.contiguous(),
         True, True, weights.numel() > 0)
     return [*grad_maps, grad_positions, grad_weights if weights.numel() else weights.new_empty(0)]
@@ -655,7 +655,7 @@ def kernel_attend(maps: list[torch.Tensor], heads: torch.Tensor, relaxed: torch.
     backward reads) and the key budget (S8), the probabilities' mean (0 without them). The gates and probabilities are inputs without a gradient: the
     backward gives the gate scores (in the heads) theirs. A custom op, so that ``torch.compile`` keeps it whole; its
     backward is ``kernel_attend_backward``."""
-    out, counts, softmax = gather_kernel.load().attend_forward([rows.contiguous() for rows in maps], heads.contiguous(),
+    out, counts, softmax = extension.load().attend_forward([rows.contiguous() for rows in maps], heads.contiguous(),
                                                                relaxed.contiguous(), grid.contiguous(), gated)
     budget = probability.mean() if probability.numel() else probability.new_zeros(())
     return out, counts, softmax, budget
@@ -676,7 +676,7 @@ def kernel_attend_open(maps: list[torch.Tensor], rows: torch.Tensor, scores: tor
     R x (B, H, W, C), the query's rows (B, H, W, C), its gate scores (B, H, W, R*K), W_o (2*R*K, C) and its bias, W_a
     (R*K, C) and its bias, the key grid (K, 2) -> the weighted sums (B, H, W, C + 1) and the open-key counts (B, H, W).
     A custom op so that ``FlopCounterMode`` counts it."""
-    out, counts = gather_kernel.load().attend_open_forward(
+    out, counts = extension.load().attend_open_forward(
         [rows.contiguous() for rows in maps], rows.contiguous(), scores.contiguous(), offset_weight.contiguous(),
         offset_bias.contiguous(), logit_weight.contiguous(), logit_bias.contiguous(), grid.contiguous())
     return out, counts
@@ -694,7 +694,7 @@ def kernel_attend_backward(maps: list[torch.Tensor], heads: torch.Tensor, softma
     """Gradients of ``kernel_attend`` for its sums' gradient ``grad`` and its key budget's ``grad_budget`` (0-dim, or
     empty for none), from its softmax weights: the R maps' (when ``need_maps``) and the heads', the gate scores'
     included (the relaxed gates' straight-through gradient and the key budget's)."""
-    return gather_kernel.load().attend_backward([rows.contiguous() for rows in maps], heads.contiguous(),
+    return extension.load().attend_backward([rows.contiguous() for rows in maps], heads.contiguous(),
                                                 softmax.contiguous(), relaxed.contiguous(), probability.contiguous(),
                                                 temperature, grad_budget, grid.contiguous(), gated, grad.contiguous(),
                                                 need_maps)
@@ -757,7 +757,7 @@ def _kernel_gather_flops(positions_shape, weights_shape, maps_shapes, *args, out
 def _kernel_attend_flops(maps_shapes, heads_shape, relaxed_shape, probability_shape, grid_shape, *args, out_shape=None,
                          **kwargs) -> int:
     """The fused walk's gather, counted as ``bilinear_gather``'s (4 taps per key, closed ones included), and its
-    softmax, counted as ``acla.efficiency`` counts ``_softmax`` (5 per key); the projections around it are counted
+    softmax, counted as ``acla.engine.efficiency`` counts ``_softmax`` (5 per key); the projections around it are counted
     as the matrix products they are."""
     keys = len(maps_shapes) * grid_shape[0]
     return math.prod(heads_shape[:3]) * keys * (2 * 4 * maps_shapes[0][-1] + 5)

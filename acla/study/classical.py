@@ -1,6 +1,6 @@
 """The classical rows: what the degraded input (or a textbook method) scores on every benchmark.
 
-``python -m acla.classical --data-root DIR --out FILE.csv`` writes one row per
+``python -m acla.study.classical --data-root DIR --out FILE.csv`` writes one row per
 (task, set, setting, method) with the mean PSNR/SSIM over the set's images:
 
 * SR sets, x2/x3/x4: ``bicubic`` (MATLAB bicubic LR upscaled with MATLAB bicubic);
@@ -138,7 +138,7 @@ def run(data_root: Path | None, config: ClassicalConfig, out: Path, *, verify: b
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m acla.classical", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m acla.study.classical", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="CSV to write (task,set,setting,method,psnr,ssim,n_images)")
     parser.add_argument("--data-root", help="data root (beats params.yaml data.root and $ACLA_DATA)")

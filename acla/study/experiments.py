@@ -4,7 +4,7 @@
 ``seeds``: backbone vs ``cla`` vs ``acla`` (at the searched locations) at equal iterations over several
 seeds, with the bicubic / degraded-input row of the same validation images beside them.
 
-``python -m acla.experiments chain|seeds --task sr_x2 --out reports/smoke/sr_x2 [--seeds 0 1 2]``
+``python -m acla.study.experiments chain|seeds --task sr_x2 --out reports/smoke/sr_x2 [--seeds 0 1 2]``
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import pandas as pd
 from acla.config import Config, load_config
 from acla.data import open_set
 from acla.data.sets import resolve_data_root
-from acla.evaluate import evaluate
+from acla.engine.evaluate import evaluate
+from acla.engine.search import search
+from acla.engine.train import ModelSpec, load_model, train
 from acla.files import atomic_write_text
-from acla.search import search
 from acla.tasks import parse_task
-from acla.train import ModelSpec, load_model, train
 
 
 def chain(task: str, config: Config, out: Path, data_root: Path | None) -> dict:
@@ -92,7 +92,7 @@ def seeds(task: str, config: Config, out: Path, data_root: Path | None, seed_lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m acla.experiments", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m acla.study.experiments", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("chain", "seeds"))
     parser.add_argument("--config", default="params.yaml")

@@ -159,7 +159,7 @@ def training_curves(study: Path, path: Path) -> Path | None:
 def budget_sweep(study: Path, path: Path) -> Path | None:
     """Final validation PSNR of the backbone against its training budget (whole schedules, ``ablation/budget.csv``),
     each seed a dot, with the published SR x2 SRCNN value on the same set when the literature CSV holds it."""
-    from acla.report import published_results
+    from acla.study.report import published_results
 
     frames = [pd.read_csv(csv).assign(task=csv.parents[1].name) for csv in sorted(study.glob("*/ablation/budget.csv"))]
     frames = [f for f in frames if len(f)]

@@ -15,11 +15,11 @@ import pandas as pd
 import torch
 
 from acla.data import open_set
+from acla.engine.train import network_input
 from acla.files import atomic_write_text
 from acla.images import to_uint8
 from acla.models.attention import SampledCrossLayerAttention
 from acla.tasks import parse_task
-from acla.train import network_input
 
 
 def acla_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
@@ -77,7 +77,7 @@ def key_report(model: torch.nn.Module, setting: str, set_name: str, out_dir: Pat
                crop: int = 0, seed: int = 0, verify: bool = True) -> dict:
     """``open_keys.csv``, ``sampled_keys.csv``, the network input as ``input.png`` and a summary, for the
     first image of ``set_name``."""
-    from acla.evaluate import save_png
+    from acla.engine.evaluate import save_png
 
     task = parse_task(setting)
     image_set = open_set(set_name, data_root, verify=verify, crop=crop)

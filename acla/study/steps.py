@@ -32,12 +32,12 @@ import torch
 from acla.config import Study, TaskConfig, load_study
 from acla.data import open_set
 from acla.data.sets import resolve_data_root
+from acla.engine.train import ModelSpec, load_model, train
 from acla.files import atomic_write_text
 from acla.models.backbones import BACKBONES, insertion_locations
 from acla.provenance import run_record
-from acla.report import seed_spread
+from acla.study.report import seed_spread
 from acla.tasks import parse_task
-from acla.train import ModelSpec, load_model, train
 
 
 def slug(variant: str) -> str:
@@ -122,7 +122,7 @@ class TaskStudy:
     # ---------------------------------------------------------------------------------- search
     def search(self) -> pd.DataFrame:
         """Search every setting; ``search/<setting>/{alpha.csv, alpha.png, arch.json}`` and a summary."""
-        from acla.search import search
+        from acla.engine.search import search
 
         if not self.settings:
             return self.skip("search")
@@ -269,7 +269,7 @@ class TaskStudy:
 
     def test_sets(self, setting: str) -> list[str]:
         """The sets ``evaluate`` scores: ``evaluate.test_sets``, else the task's benchmarks in the data root."""
-        from acla.evaluate import test_sets
+        from acla.engine.evaluate import test_sets
 
         return list(self.run_config(setting).evaluate.test_sets) or test_sets(parse_task(setting), self.data_root)
 
@@ -278,8 +278,8 @@ class TaskStudy:
         from the retrained model (``trained``) or a fresh tiny-size one with modules after blocks 2 and 4;
         writes ``open_keys.csv``, ``sampled_keys.csv``, ``input.png``, ``module_keys.png`` and, like every step,
         ``provenance.json`` to ``out``. None when the search kept no ACLA module."""
-        from acla.figures import sampled_keys
-        from acla.keys import key_report
+        from acla.study.figures import sampled_keys
+        from acla.study.keys import key_report
 
         start = time.perf_counter()
         setting = self.settings[0]
@@ -301,8 +301,8 @@ class TaskStudy:
     def evaluate(self) -> pd.DataFrame:
         """The classical rows and every headline variant and seed on every test set (``scores.csv``, one row
         per seed); crops of the first seed; ACLA's keys on one image."""
-        from acla.evaluate import Inference, evaluate
-        from acla.keys import key_report
+        from acla.engine.evaluate import Inference, evaluate
+        from acla.study.keys import key_report
 
         if not self.settings:
             return self.skip("evaluate")
@@ -348,7 +348,7 @@ class TaskStudy:
     # ---------------------------------------------------------------------------------- efficiency
     def efficiency(self) -> pd.DataFrame:
         """Parameters, FLOPs, peak memory and median latency of every variant at one input size."""
-        from acla.efficiency import profile
+        from acla.engine.efficiency import profile
 
         if not self.settings:
             return self.skip("efficiency")
@@ -373,8 +373,8 @@ def classical_scores(setting: str, sets: list[str], data_root: Path | None, crop
                      verify: bool, out: Path | None = None, saved_crops: int = 0) -> list[dict]:
     """The classical methods of ``setting`` on exactly the images (and crops) the networks see; the
     ground truth's and the classical outputs' visual crops go beside the networks' (``out/<method>/crops``)."""
-    from acla.classical import score_set
-    from acla.evaluate import centre, save_png
+    from acla.engine.evaluate import centre, save_png
+    from acla.study.classical import score_set
 
     task = parse_task(setting)
     rows = []

@@ -1,0 +1,1 @@
+"""``python -m acla gpu-check``: the machine check (``command``)."""

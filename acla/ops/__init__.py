@@ -1,0 +1,1 @@
+"""ACLA's native operations: the C++ kernel and its loader (``extension``)."""
