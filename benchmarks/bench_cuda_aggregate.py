@@ -16,18 +16,18 @@ from collections.abc import Callable
 
 import torch
 
-from acla.models import attention
 from acla.models.attention import key_grid
+from acla.ops import gather
 from benchmarks.bench_training import training_step
 from benchmarks.common import interleaved_seconds
 
-NEW = attention.grid_sample_aggregate
+NEW = gather.grid_sample_aggregate
 SETTINGS = (("tiny", "sr", 24), ("tiny", "denoise", 48), ("edsr-baseline", "sr", 24), ("edsr-baseline", "denoise", 48))
 
 
 def old(values: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The reference ops CUDA trained with before ``grid_sample_aggregate``."""
-    return attention.aggregate_keys(values, positions, weights)
+    return gather.aggregate_keys(values, positions, weights)
 
 
 def module_inputs(shape: tuple[int, ...], channels: int, device: torch.device) -> list[torch.Tensor]:
@@ -63,7 +63,7 @@ def compare_training_steps(backbone: str, task: str, patch: int, device: torch.d
 
     def with_aggregate(step: Callable[[], None], aggregate: Callable[..., torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
-            attention.grid_sample_aggregate = aggregate  # what bilinear_gather calls on CUDA
+            gather.grid_sample_aggregate = aggregate  # what bilinear_gather calls on CUDA
             step()
 
         return run
@@ -73,7 +73,7 @@ def compare_training_steps(backbone: str, task: str, patch: int, device: torch.d
     try:
         median = interleaved_seconds(steps, device, rounds)
     finally:
-        attention.grid_sample_aggregate = NEW
+        gather.grid_sample_aggregate = NEW
     print(f"{backbone} {task}: median step ms " + ", ".join(f"{n} {1e3 * m:.2f}" for n, m in median.items())
           + f"; backbone/ACLA old {median['backbone'] / median['acla old']:.2f}, "
           f"new {median['backbone'] / median['acla new']:.2f}", flush=True)

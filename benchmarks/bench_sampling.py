@@ -6,10 +6,10 @@
   structure of the authors' code, without its bugs);
 * ``batched grid_sample``: one ``grid_sample`` over all references and keys, then a weighted sum
   over the (B, R, C, K, H, W) samples;
-* ``fused gather`` (the reference path, ``acla.models.attention.aggregate_keys``): bilinear taps as
+* ``fused gather`` (the reference path, ``acla.ops.gather.aggregate_keys``): bilinear taps as
   rows of a channels-last table, attention and bilinear weights fused, one ``embedding_bag``, autograd
   through every tap op and, on CPU, a sparse-matrix backward for the table;
-* ``fast path, pure torch`` (``acla.models.attention.bilinear_gather`` without the kernel): on CPU the taps
+* ``fast path, pure torch`` (``acla.ops.gather.bilinear_gather`` without the kernel): on CPU the taps
   per corner, one autograd node with a hand-written backward (a quarter of the sort); on CUDA, with
   gradients and weights, ``bilinear_gather`` dispatches to the batched grid_sample (``grid_sample_aggregate``),
   so there this row and that one are one formulation (CUDA rows measured before b3d294b timed the
@@ -27,14 +27,9 @@ import seaborn as sns
 import torch
 import torch.nn.functional as F
 
-from acla.models.attention import (
-    aggregate_keys,
-    bilinear_gather,
-    grid_sample_aggregate,
-    grid_sample_coordinates,
-    key_grid,
-)
+from acla.models.attention import key_grid
 from acla.ops import extension
+from acla.ops.gather import aggregate_keys, bilinear_gather, grid_sample_aggregate, grid_sample_coordinates
 from benchmarks.common import attention_arguments, device_name, measure, save_figure, write_csv
 
 

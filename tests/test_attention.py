@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from acla.engine.efficiency import count_flops
 from acla.models import attention, build_attention, build_model
 from acla.models.attention import SampledCrossLayerAttention, key_grid
-from acla.ops import extension
+from acla.ops import custom_ops, extension
+from acla.ops import gather as gather_ops
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -295,15 +296,15 @@ def test_the_cuda_training_aggregate_by_grid_sample_equals_the_reference_ops() -
     weights = weights.view(batch, height, width, refs, keys)
     # integer positions (exact samples) and keys beyond every border (zero padding) in the forward
     for positions in (base, base + offsets, base + 4 * offsets):
-        expected = attention.aggregate_keys(values, positions, weights)
-        assert torch.allclose(attention.grid_sample_aggregate(values, positions, weights), expected, atol=1e-12)
+        expected = gather_ops.aggregate_keys(values, positions, weights)
+        assert torch.allclose(gather_ops.grid_sample_aggregate(values, positions, weights), expected, atol=1e-12)
     inputs = (values.requires_grad_(), (base + offsets).requires_grad_(), weights.requires_grad_())
-    ours = torch.autograd.grad(attention.grid_sample_aggregate(*inputs).square().sum(), inputs)
-    reference = torch.autograd.grad(attention.aggregate_keys(*inputs).square().sum(), inputs)
+    ours = torch.autograd.grad(gather_ops.grid_sample_aggregate(*inputs).square().sum(), inputs)
+    reference = torch.autograd.grad(gather_ops.aggregate_keys(*inputs).square().sum(), inputs)
     for got, expected in zip(ours, reference):
         assert torch.allclose(got, expected, atol=1e-12)
     small = [t.detach()[:, :3, :3].contiguous().requires_grad_() if t.dim() > 4 else t for t in inputs[1:]]
-    assert torch.autograd.gradcheck(attention.grid_sample_aggregate,
+    assert torch.autograd.gradcheck(gather_ops.grid_sample_aggregate,
                                     (values[:, :, :3, :3].detach().requires_grad_(), *small))
 
 
@@ -317,12 +318,12 @@ def test_closed_keys_are_never_read(gather: str) -> None:
     open_keys[..., 0, 0] = True  # every query has an open key
     weights = torch.rand(batch, height, width, refs, keys, generator=generator, dtype=torch.float64) * open_keys
     poisoned = positions.masked_fill(~open_keys.unsqueeze(-1), float("nan"))
-    expected = attention.aggregate_keys(values, positions, weights)  # dense reference: closed keys weighted 0
+    expected = gather_ops.aggregate_keys(values, positions, weights)  # dense reference: closed keys weighted 0
     with torch.no_grad():
-        assert torch.allclose(attention.bilinear_gather(values, poisoned, weights, open_keys), expected, atol=1e-12)
-        samples = attention.bilinear_gather(values, poisoned, open_keys=open_keys)  # (P, C) where packed
+        assert torch.allclose(gather_ops.bilinear_gather(values, poisoned, weights, open_keys), expected, atol=1e-12)
+        samples = gather_ops.bilinear_gather(values, poisoned, open_keys=open_keys)  # (P, C) where packed
         if gather == "torch":
-            dense = attention.bilinear_gather(values, positions)  # (B, H, W, R, K, C)
+            dense = gather_ops.bilinear_gather(values, positions)  # (B, H, W, R, K, C)
             assert torch.allclose(samples, dense[open_keys], atol=1e-12)
 
 
@@ -334,8 +335,8 @@ def test_the_kernel_op_passes_opcheck() -> None:
     positions = (torch.rand(1, 3, 4, 2, 4, 2, generator=generator, dtype=torch.float64) * 5 - 1).requires_grad_()
     weights = torch.rand(1, 3, 4, 2, 4, generator=generator, dtype=torch.float64).requires_grad_()
     maps = [torch.randn(1, 3, 4, 5, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(2)]
-    torch.library.opcheck(attention.kernel_gather, (positions, weights, maps))  # weighted sums
-    torch.library.opcheck(attention.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
+    torch.library.opcheck(custom_ops.kernel_gather, (positions, weights, maps))  # weighted sums
+    torch.library.opcheck(custom_ops.kernel_gather, (positions, weights.new_empty(0), maps))  # one sample per key
     grid = attention.key_grid(4).double()
     empty = torch.empty(0, dtype=torch.float64)
     for gated in (False, True):  # the fused walk: CLA's heads, ACLA's, with and without relaxed training gates
@@ -343,12 +344,12 @@ def test_the_kernel_op_passes_opcheck() -> None:
         probability = torch.sigmoid(heads[..., -8:]) if gated else empty
         relaxed = [empty] + ([torch.rand(1, 3, 4, 2 * 4, generator=generator, dtype=torch.float64)] if gated else [])
         for gates in relaxed:
-            torch.library.opcheck(attention.kernel_attend, (maps, heads.requires_grad_(), gates, probability, grid,
+            torch.library.opcheck(custom_ops.kernel_attend, (maps, heads.requires_grad_(), gates, probability, grid,
                                                             gated, torch.tensor(0.5, dtype=torch.float64)))
     # ACLA's inference walk, which projects the open keys' offsets and logits itself (no autograd)
     rows, scores = (torch.randn(1, 3, 4, c, generator=generator, dtype=torch.float64) for c in (5, 8))
     weights = [torch.randn(c, 5, generator=generator, dtype=torch.float64) for c in (16, 8)]
-    torch.library.opcheck(attention.kernel_attend_open, ([m.detach() for m in maps], rows, scores, weights[0],
+    torch.library.opcheck(custom_ops.kernel_attend_open, ([m.detach() for m in maps], rows, scores, weights[0],
                                                          torch.randn(16, dtype=torch.float64), weights[1],
                                                          torch.randn(8, dtype=torch.float64), grid))
 
@@ -367,7 +368,7 @@ def test_the_kernels_key_budget_gradient_is_torchs_bit_for_bit(relaxed: bool) ->
     scores = heads.detach()[..., -keys:]
     probability = attention.gate_probabilities(scores)
     gates = torch.rand(2, 5, 6, keys, generator=generator) if relaxed else heads.new_empty(0)
-    *_, budget = attention.kernel_attend(maps_, heads, gates, probability, attention.key_grid(9), True,
+    *_, budget = custom_ops.kernel_attend(maps_, heads, gates, probability, attention.key_grid(9), True,
                                          torch.tensor(0.5))
     (budget * 0.37).backward()
     # the graph the module ran before: autograd through the sigmoid of the heads' last columns (a strided slice: torch's

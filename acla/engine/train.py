@@ -112,7 +112,8 @@ class ModelSpec:
 
 # The sources whose change changes what training computes; a checkpoint records their digest so that the
 # pipeline's automatic resume never continues (or reuses) weights that older code trained.
-TRAINING_SOURCES = ("models/attention.py", "ops/extension.py", "models/backbones.py", "engine/train.py", "tasks.py",
+TRAINING_SOURCES = ("models/attention.py", "ops/extension.py", "ops/gather.py", "ops/custom_ops.py", "models/backbones.py",
+                    "engine/train.py", "tasks.py",
                     "degradations.py", "images.py", "data/patches.py", "metrics.py")
 
 
