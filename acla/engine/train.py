@@ -113,6 +113,7 @@ class ModelSpec:
 # The sources whose change changes what training computes; a checkpoint records their digest so that the
 # pipeline's automatic resume never continues (or reuses) weights that older code trained.
 TRAINING_SOURCES = ("models/attention.py", "ops/extension.py", "ops/gather.py", "ops/custom_ops.py", "models/backbones.py",
+                    "ops/csrc/cpu/taps.h", "ops/csrc/cpu/gather_kernel.cpp", "ops/csrc/cpu/attend_kernel.cpp",
                     "engine/train.py", "tasks.py",
                     "degradations.py", "images.py", "data/patches.py", "metrics.py")
 
