@@ -71,3 +71,24 @@ def to_image(tensor: torch.Tensor) -> np.ndarray:
     """(C, H, W) 0..1 tensor -> uint8 (H, W[, C]) array, rounded as an 8-bit file would be."""
     array = tensor.detach().to("cpu", torch.float64).clamp(0, 1).mul(255.0).numpy().transpose(1, 2, 0)
     return to_uint8(array[..., 0] if array.shape[2] == 1 else array)
+
+
+# Images <-> network tensors: what training's validation, evaluation and the key figures share.
+def network_input(degraded: np.ndarray, channels: int) -> torch.Tensor:
+    """uint8/float (H, W[, C]) image -> (C, H, W) tensor; gray inputs of an RGB model are replicated."""
+    tensor = to_tensor(degraded)
+    return tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 and channels == 3 else tensor
+
+
+def restore_image(forward, degraded: np.ndarray, target: np.ndarray, channels: int, device: torch.device) -> np.ndarray:
+    """Run ``forward`` on one degraded image and return the uint8 restoration shaped like ``target``."""
+    output = forward(network_input(degraded, channels)[None].to(device))[0]
+    return network_output(output.float(), target)
+
+
+def network_output(output: torch.Tensor, target: np.ndarray) -> np.ndarray:
+    """Output tensor -> uint8 image shaped like the target (gray targets of RGB models: channel mean)."""
+    image = to_image(output)
+    if target.ndim == 2 and image.ndim == 3:
+        return to_image(output.mean(dim=0, keepdim=True))
+    return image

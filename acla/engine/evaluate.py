@@ -21,9 +21,8 @@ from PIL import Image
 
 from acla.data import open_set
 from acla.data.sets import SETS, available_sets
-from acla.engine.train import restore_image
 from acla.files import atomic_open, atomic_write_text
-from acla.images import read_image
+from acla.images import read_image, restore_image
 from acla.tasks import Task, parse_task
 
 # The benchmarks of each task kind, in the literature's order (spec section 6, setup.md).

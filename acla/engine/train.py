@@ -38,7 +38,7 @@ from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
 from acla.engine.live import open_live
 from acla.files import atomic_open
-from acla.images import to_image, to_tensor
+from acla.images import restore_image
 from acla.models import build_model
 from acla.models.attention import AttentionBase
 from acla.models.backbones import RestorationNet
@@ -281,26 +281,6 @@ def batches(dataset: PatchDataset, sampler: DistributedSampler, per_rank_batch: 
                             generator=torch.Generator().manual_seed(epoch))
         yield from loader
         epoch, offset = epoch + 1, 0
-
-
-def network_input(degraded: np.ndarray, channels: int) -> torch.Tensor:
-    """uint8/float (H, W[, C]) image -> (C, H, W) tensor; gray inputs of an RGB model are replicated."""
-    tensor = to_tensor(degraded)
-    return tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 and channels == 3 else tensor
-
-
-def restore_image(forward, degraded: np.ndarray, target: np.ndarray, channels: int, device: torch.device) -> np.ndarray:
-    """Run ``forward`` on one degraded image and return the uint8 restoration shaped like ``target``."""
-    output = forward(network_input(degraded, channels)[None].to(device))[0]
-    return network_output(output.float(), target)
-
-
-def network_output(output: torch.Tensor, target: np.ndarray) -> np.ndarray:
-    """Output tensor -> uint8 image shaped like the target (gray targets of RGB models: channel mean)."""
-    image = to_image(output)
-    if target.ndim == 2 and image.ndim == 3:
-        return to_image(output.mean(dim=0, keepdim=True))
-    return image
 
 
 @torch.no_grad()

@@ -15,9 +15,8 @@ import pandas as pd
 import torch
 
 from acla.data import open_set
-from acla.engine.train import network_input
 from acla.files import atomic_write_text
-from acla.images import to_uint8
+from acla.images import network_input, to_uint8
 from acla.models.attention import SampledCrossLayerAttention
 from acla.tasks import parse_task
 
