@@ -13,21 +13,23 @@ from acla.config import AblationConfig, TaskConfig, load_study
 from acla.engine.train import ModelSpec, load_checkpoint, train
 from acla.study.report import (
     _sweep_sentence,
-    budget_fit,
     delta_sentence,
-    headline,
-    literature_key,
     literature_sentence,
     open_keys_sentence,
-    published_results,
-    read_paper_tables,
     render_front_page,
     render_study,
     search_sentence,
+)
+from acla.study.steps import TaskStudy, open_task, variant_specs
+from acla.study.tables import (
+    budget_fit,
+    headline,
+    literature_key,
+    published_results,
+    read_paper_tables,
     seed_spread,
     task_table,
 )
-from acla.study.steps import TaskStudy, open_task, variant_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 

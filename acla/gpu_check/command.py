@@ -485,8 +485,8 @@ class LearningRun:
     def bicubic(self) -> tuple[list[dict], float]:
         """The bicubic rows on exactly the images the networks are scored on, and the seconds they took
         (the CPU part of scoring a network is about the same work)."""
-        from acla.study.report import compare, published_classical
         from acla.study.steps import classical_scores
+        from acla.study.tables import compare, published_classical
 
         start = time.perf_counter()
         rows = classical_scores(TASK, self.test_sets(), self.data_root, self.crop, self.config.train.seed,
@@ -628,7 +628,7 @@ def shown(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def part_readme(part: Part, record: dict, columns: dict) -> str:
-    from acla.study.report import markdown
+    from acla.study.tables import markdown
 
     failures = "".join(f"- **failed:** {line}\n" for line in part.failed)
     notes = "".join(f"- {line}\n" for line in part.notes)

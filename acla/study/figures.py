@@ -19,6 +19,7 @@ import seaborn as sns
 from PIL import Image
 
 from acla.files import atomic_save_figure
+from acla.study.tables import published_results
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -159,8 +160,6 @@ def training_curves(study: Path, path: Path) -> Path | None:
 def budget_sweep(study: Path, path: Path) -> Path | None:
     """Final validation PSNR of the backbone against its training budget (whole schedules, ``ablation/budget.csv``),
     each seed a dot, with the published SR x2 SRCNN value on the same set when the literature CSV holds it."""
-    from acla.study.report import published_results
-
     frames = [pd.read_csv(csv).assign(task=csv.parents[1].name) for csv in sorted(study.glob("*/ablation/budget.csv"))]
     frames = [f for f in frames if len(f)]
     if not frames:

@@ -1,9 +1,8 @@
-"""Report rendering: measured rows beside published ones, as CSV and Markdown.
+"""Report rendering: the tables of ``acla.study.tables`` and the figures of ``acla.study.figures`` as the
+Markdown pages of ``reports/`` (per task, per profile, and the front page ``reports/README.md``).
 
-Published numbers are read from files (``acla/resources/published_*.csv`` for the classical rows
-the literature agrees on; ``../shared/paper/tables/*.csv`` for the paper's own tables once someone
-transcribes them) and never typed into code. A row whose set is partial is never compared with a
-full-set published number.
+``python -m acla.study.report study|front|smoke|classical`` renders them from the CSV/JSON the study's stages
+wrote; nothing here measures or trains.
 """
 
 from __future__ import annotations
@@ -11,31 +10,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from acla.config import PROFILES
 from acla.files import atomic_write_text
-
-KEY = ["task", "set", "setting", "method"]
-
-
-def published_classical() -> pd.DataFrame:
-    with resources.files("acla.resources").joinpath("published_classical.csv").open() as handle:
-        return pd.read_csv(handle)
-
-
-def compare(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """Measured rows with ``paper_psnr``/``paper_ssim`` and deltas where a published row exists."""
-    merged = measured.merge(published.drop(columns=["source"], errors="ignore"), on=KEY, how="left",
-                            suffixes=("", "_published"))
-    merged = merged.rename(columns={"psnr_published": "published_psnr", "ssim_published": "published_ssim"})
-    merged["delta_psnr"] = merged["psnr"] - merged["published_psnr"]
-    merged["delta_ssim"] = merged["ssim"] - merged["published_ssim"]
-    return merged
-
+from acla.study import figures as draw
+from acla.study.tables import (
+    NETWORKS,
+    ablation_table,
+    budget_fit,
+    budget_to_reach,
+    compare,
+    headline,
+    literature_rows,
+    markdown,
+    not_above_classical,
+    number_cell,
+    profile_summary,
+    published_classical,
+    published_results,
+    read_paper_tables,
+    stage_provenance,
+    task_table,
+)
 
 CLASSICAL_COLUMNS = {"task": ("task", 0, False), "set": ("set", 0, False), "setting": ("setting", 0, False),
                      "method": ("method", 0, False), "n_images": ("images", 0, False), "psnr": ("PSNR ours", 4, False),
@@ -91,256 +90,6 @@ def render_smoke(folder: Path, out_md: Path) -> None:
     atomic_write_text(out_md, "\n".join(lines) + "\n")
 
 
-# --------------------------------------------------------------------------------------------
-# The study's tables and front page
-# --------------------------------------------------------------------------------------------
-PAPER_KEY = ["setting", "method", "set"]
-BACKBONE_NAMES = {"tiny": "tiny EDSR (8x32)", "edsr-baseline": "EDSR-baseline", "edsr": "EDSR"}
-
-
-def _normalise(text: str) -> str:
-    """Method/set names compared without case, spaces, dashes or plus signs ("EDSR-baseline + ACLA")."""
-    return "".join(ch for ch in str(text).lower() if ch.isalnum())
-
-
-def read_paper_tables(folder: Path | None) -> tuple[pd.DataFrame, list[str]]:
-    """Rows (setting, method, set, psnr, ssim, source) of every paper-table CSV in ``folder``.
-
-    A CSV is read when it has the columns ``setting`` (``sr_x2``, ``denoise_color_s30``, ...), ``method``,
-    ``set`` and ``psnr`` and/or ``ssim`` ("—" or empty for a blank). Other CSVs are listed in the notes,
-    never guessed at. A missing folder or no CSV gives an empty frame: every paper cell is then "n/a".
-    """
-    columns = PAPER_KEY + ["psnr", "ssim", "source"]
-    notes: list[str] = []
-    frames = []
-    for path in sorted(folder.glob("*.csv")) if folder and folder.is_dir() else []:
-        frame = pd.read_csv(path, na_values=["—", "-", ""], keep_default_na=True)
-        frame.columns = [str(c).strip().lower() for c in frame.columns]
-        if not set(PAPER_KEY) <= set(frame.columns) or not {"psnr", "ssim"} & set(frame.columns):
-            notes.append(f"{path.name}: not read (columns {list(frame.columns)}; expected setting, method, set, psnr/ssim)")
-            continue
-        for column in ("psnr", "ssim"):
-            frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
-        frames.append(frame.assign(source=path.name)[columns])
-        notes.append(f"{path.name}: {len(frame)} rows read")
-    paper = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    return paper, notes
-
-
-def method_label(method: str, backbone: str) -> str:
-    """Display name of a row of the task tables: classical methods keep theirs; networks name the backbone."""
-    name = BACKBONE_NAMES.get(backbone, backbone)
-    return {"backbone": name, "acla": f"{name} + ACLA"}.get(method, method)
-
-
-def _provenance(task_dir: Path, step: str) -> dict:
-    path = task_dir / step / "provenance.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def seed_spread(frame: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
-    """Mean, sample std (ddof 1; NaN for one seed), n and the per-seed values of ``values`` over the rows of each
-    ``by`` group: the one place every table and headline gets its spread from. Rows without a ``seed``
-    column (or with NaN seeds: classical methods) count as one draw."""
-    records = []
-    for key, group in frame.groupby(by, sort=False, dropna=False):
-        record = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        seeds = group["seed"] if "seed" in group else pd.Series([float("nan")] * len(group))
-        record["n_seeds"] = int(seeds.notna().sum())
-        record["seeds"] = " ".join(str(int(v)) for v in seeds.dropna())
-        for value in values:
-            column = group[value].astype(float)
-            record[f"{value}_mean"] = column.mean()
-            record[f"{value}_std"] = column.std(ddof=1) if len(column) > 1 else float("nan")
-            record[f"{value}_per_seed"] = " ".join(f"{v:.4f}" for v in column)
-        if "n_images" in group:
-            record["n_images"] = group["n_images"].iloc[0]
-        records.append(record)
-    return pd.DataFrame(records)
-
-
-def published_results() -> pd.DataFrame:
-    """Published results of well-known methods (``acla/resources/published_results.csv``), each row citing its
-    paper and table; empty when the file is absent."""
-    columns = ["task", "set", "setting", "method", "psnr", "ssim", "source", "citation"]
-    path = resources.files("acla.resources").joinpath("published_results.csv")
-    if not path.is_file():
-        return pd.DataFrame(columns=columns)
-    with path.open() as handle:
-        return pd.read_csv(handle)
-
-
-NETWORKS = ("backbone", "acla", "cla")
-
-
-def _scores(task_dir: Path) -> pd.DataFrame:
-    scores = pd.read_csv(task_dir / "evaluate" / "scores.csv")
-    return scores if "seed" in scores else scores.assign(seed=float("nan"))
-
-
-def task_table(task_dir: Path, paper: pd.DataFrame) -> pd.DataFrame:
-    """One task's rows (setting x test set x method): ours as mean ± std over seeds (per-seed values kept),
-    the classical rows, the literature rows of the same benchmark (never beside a partial set) and the
-    paper's, with profile and stage columns."""
-    from acla.study.classical import task_columns
-    from acla.tasks import parse_task
-
-    info = _provenance(task_dir, "evaluate")
-    backbone = info.get("model", {}).get("backbone", "?")
-    published = published_classical()
-    literature = published_results()
-    spread = seed_spread(_scores(task_dir), ["setting", "set", "method"], ["psnr", "ssim"])
-    rows = []
-    for row in spread.itertuples(index=False):
-        label = method_label(row.method, backbone)
-        network = row.method in NETWORKS
-        match = paper[(paper.setting == row.setting) & (paper.set.map(_normalise) == _normalise(row.set))
-                      & (paper.method.map(_normalise) == _normalise(label))]
-        paper_psnr = paper_ssim = float("nan")
-        source = ""
-        if len(match):
-            paper_psnr, paper_ssim, source = match.psnr.iloc[0], match.ssim.iloc[0], match.source.iloc[0]
-            if len(match) > 1:  # the same row in several tables: the first file (sorted) wins, and says so
-                source += f" (first of {len(match)} matches: {', '.join(match.source)})"
-        elif not network:
-            kind, short = task_columns(parse_task(row.setting))
-            known = published[(published.task == kind) & (published.setting == short) & (published.set == row.set)
-                              & (published.method == row.method)]
-            if len(known):
-                paper_psnr, paper_ssim, source = known.psnr.iloc[0], known.ssim.iloc[0], "published classical row"
-        stage = f"evaluate@{task_dir.name}" + ("" if network else " (classical method)")
-        rows.append({"setting": row.setting, "set": row.set, "method": label, "kind": "ours" if network else "classical",
-                     "n_images": row.n_images, "n_seeds": row.n_seeds if network else 0,
-                     "paper_psnr": paper_psnr, "ours_psnr": row.psnr_mean, "ours_psnr_std": row.psnr_std,
-                     "delta_psnr": row.psnr_mean - paper_psnr, "paper_ssim": paper_ssim, "ours_ssim": row.ssim_mean,
-                     "ours_ssim_std": row.ssim_std, "delta_ssim": row.ssim_mean - paper_ssim,
-                     "psnr_per_seed": row.psnr_per_seed if network else "", "seeds": row.seeds,
-                     "profile": info.get("profile", "?"), "device": info.get("device", "?"), "stage": stage,
-                     "paper_source": source or "n/a"})
-        if row.method == "backbone":  # the literature rows of this benchmark, once per (setting, set)
-            rows += literature_rows(literature, row.setting, row.set)
-    return pd.DataFrame(rows)
-
-
-def literature_key(setting: str) -> tuple[str, str]:
-    """``published_results.csv``'s (task, setting) for one of ours: ``sr_x2`` -> (sr, x2), ``denoise_gray_s25``
-    -> (denoise, gray_s25), ``jpeg_q20`` on gray images -> (jpeg, gray_q20), ``demosaic`` -> (demosaic, demosaic)."""
-    from acla.tasks import parse_task
-
-    task = parse_task(setting)
-    rest = setting.split("_", 1)[1] if "_" in setting else setting
-    if task.kind == "jpeg":
-        rest = f"{'gray' if task.color == 'gray' else 'color'}_{rest}"
-    return task.kind, rest
-
-
-def literature_rows(literature: pd.DataFrame, setting: str, set_label: str) -> list[dict]:
-    """Published rows of other methods for ``setting`` on the set labelled ``set_label``, marked as literature.
-    A partial or cropped set (``Urban100 (partial 19/100)``) matches nothing: a full-set number is never
-    put beside it."""
-    kind, short = literature_key(setting)
-    found = literature[(literature.task == kind) & (literature.setting == short) & (literature.set == set_label)]
-    return [{"setting": setting, "set": set_label, "method": r.method, "kind": "literature", "n_images": float("nan"),
-             "n_seeds": float("nan"), "paper_psnr": float("nan"), "ours_psnr": r.psnr, "ours_psnr_std": float("nan"),
-             "delta_psnr": float("nan"), "paper_ssim": float("nan"), "ours_ssim": r.ssim, "ours_ssim_std": float("nan"),
-             "delta_ssim": float("nan"), "psnr_per_seed": "", "seeds": "", "profile": "literature", "device": "",
-             "stage": "acla/resources/published_results.csv", "paper_source": r.source}
-            for r in found.itertuples(index=False)]
-
-
-def headline(task_dir: Path) -> pd.DataFrame:
-    """Every network against the backbone at equal training budget, per setting and test set: mean ± std over
-    seeds, the classical row, and each difference with its standard error (independent seeds:
-    sqrt(s_a²/n_a + s_b²/n_b)); "exceeds noise" when |Δ| is more than twice that."""
-    scores = _scores(task_dir)
-    networks = seed_spread(scores[scores.method.isin(NETWORKS)], ["setting", "set", "method"], ["psnr", "ssim"])
-    if networks.empty:
-        return pd.DataFrame()
-    # the task's last classical method (bicubic, noisy input, bilinear, JPEG input): scores.csv keeps their order
-    classical = scores[~scores.method.isin(NETWORKS)].groupby(["setting", "set"]).last().reset_index()
-    wide = classical[["setting", "set", "method", "psnr"]].rename(columns={"method": "classical", "psnr": "classical_psnr"})
-    for method in [m for m in NETWORKS if m in set(networks.method)]:
-        part = networks[networks.method == method][["setting", "set", "psnr_mean", "psnr_std", "n_seeds",
-                                                     "psnr_per_seed", "ssim_mean"]]
-        part = part.rename(columns={c: f"{method}_{c}" for c in part.columns if c not in ("setting", "set")})
-        wide = wide.merge(part, on=["setting", "set"], how="right" if method == "backbone" else "left")
-    for method in ("acla", "cla"):
-        if f"{method}_psnr_mean" in wide:
-            error = np.sqrt(wide[f"{method}_psnr_std"].fillna(0) ** 2 / wide[f"{method}_n_seeds"]
-                            + wide["backbone_psnr_std"].fillna(0) ** 2 / wide["backbone_n_seeds"])
-            wide[f"delta_{method}"] = wide[f"{method}_psnr_mean"] - wide["backbone_psnr_mean"]
-            wide[f"delta_{method}_se"] = error.where(wide[f"{method}_n_seeds"].gt(1) & wide["backbone_n_seeds"].gt(1))
-            wide[f"delta_{method}_verdict"] = [
-                "n/a (one seed)" if pd.isna(se) else ("exceeds noise" if abs(d) > 2 * se else "within noise")
-                for d, se in zip(wide[f"delta_{method}"], wide[f"delta_{method}_se"])]
-    runs = pd.read_csv(task_dir / "retrain" / "runs.csv")
-    wide["iterations"] = runs.iterations.iloc[0]
-    return wide
-
-
-def not_above_classical(top: pd.DataFrame) -> list[str]:
-    """Network rows whose mean is not above the classical row by more than their seed spread (std; with one
-    seed, any margin counts)."""
-    found = []
-    for r in top.to_dict(orient="records"):
-        for m in NETWORKS:
-            if f"{m}_psnr_mean" in r and not pd.isna(r[f"{m}_psnr_mean"]):
-                margin = r[f"{m}_psnr_mean"] - r["classical_psnr"]
-                spread = 0.0 if pd.isna(r[f"{m}_psnr_std"]) else r[f"{m}_psnr_std"]
-                if not margin > spread:
-                    found.append(f"{m} on {r['set']} ({r['setting']}): {margin:+.3f} dB over {r['classical']}, "
-                                 f"std {spread:.3f}")
-    return found
-
-
-def budget_to_reach(curves: pd.DataFrame, target: float) -> dict:
-    """Where a validation curve (``val/psnr`` against ``step``, mean over seeds) stands against ``target``:
-    the last value, the first step that reached it, or else the step at which a straight-line fit of PSNR
-    against log(step) over the curve's second half would reach it (an extrapolation, said as one)."""
-    curve = curves[curves.metric == "val/psnr"].groupby("step").value.mean().sort_index()
-    if curve.empty:
-        return {}
-    reached = curve[curve >= target]
-    result = {"last_step": int(curve.index[-1]), "last_psnr": float(curve.iloc[-1]), "target": target}
-    if len(reached):
-        return result | {"reached_at": int(reached.index[0])}
-    half = curve[curve.index >= curve.index[-1] / 2]
-    if len(half) >= 2:
-        result["db_per_doubling"], reach = log_linear_reach(half, target)
-        if reach is not None:
-            result["extrapolated_step"] = reach
-    return result
-
-
-def log_linear_reach(psnr: pd.Series, target: float) -> tuple[float, float | None]:
-    """The least-squares line of PSNR (values) against log2 of its index (steps or budgets): its gain per doubling
-    and the step at which it reaches ``target`` (None when the line does not rise)."""
-    slope, intercept = np.polyfit(np.log2(psnr.index.to_numpy(dtype=float)), psnr.to_numpy(), 1)
-    return float(slope), (float(2 ** ((target - intercept) / slope)) if slope > 0 else None)
-
-
-def budget_fit(points: pd.DataFrame, target: float, start: int) -> dict:
-    """Final PSNR of whole schedules against their length (``iterations``, ``val_psnr``; seeds averaged) against
-    ``target``: the smallest budget whose mean reached it, or else where two straight lines of PSNR against
-    log2(iterations) would reach it: the least-squares line through the budgets >= ``start`` and the line
-    through the two longest budgets (returns per doubling shrink as budgets grow, so both are lower bounds)."""
-    means = points.groupby("iterations").val_psnr.mean().sort_index()
-    if means.empty:
-        return {}
-    result = {"budgets": [int(b) for b in means.index], "psnr": [float(v) for v in means], "target": target}
-    reached = means[means >= target]
-    if len(reached):
-        return result | {"reached_at": int(reached.index[0])}
-    upper = means[means.index >= start]
-    for name, part in (("fit", upper), ("last_pair", means.iloc[-2:])):
-        if len(part) < 2:
-            continue
-        result[f"{name}_db_per_doubling"], reach = log_linear_reach(part, target)
-        if reach is not None:
-            result[f"{name}_budget"] = reach
-    return result
-
-
 def _pm(mean: object, std: object, n: object, digits: int = 2) -> str:
     """``32.10 ± 0.05 (n=3)``; a single draw shows no ±."""
     if mean is None or pd.isna(mean):
@@ -357,31 +106,15 @@ def headline_markdown(top: pd.DataFrame) -> str:
               *(f"Δ {m} − backbone" for m in methods if m != "backbone"), "iterations"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in top.to_dict(orient="records"):
-        cells = [r["setting"], r["set"], f"{r['classical']} {_fmt(r['classical_psnr'], 2)}",
+        cells = [r["setting"], r["set"], f"{r['classical']} {number_cell(r['classical_psnr'], 2)}",
                  *(_pm(r[f"{m}_psnr_mean"], r[f"{m}_psnr_std"], r[f"{m}_n_seeds"], 3) for m in methods)]
         for m in methods:
             if m != "backbone":
                 se = r.get(f"delta_{m}_se")
-                cells.append(f"{_fmt(r[f'delta_{m}'], 3, True)}" + ("" if se is None or pd.isna(se) else f" ± {se:.3f}")
+                cells.append(f"{number_cell(r[f'delta_{m}'], 3, True)}" + ("" if se is None or pd.isna(se) else f" ± {se:.3f}")
                              + f" ({r[f'delta_{m}_verdict']})")
         cells.append(str(r["iterations"]))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: object, digits: int = 4, signed: bool = False) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or pd.isna(value):
-        return "n/a"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def markdown(frame: pd.DataFrame, columns: dict[str, tuple[str, int, bool]]) -> str:
-    """A Markdown table of ``frame``: column -> (header, digits, signed)."""
-    lines = ["| " + " | ".join(h for h, _, _ in columns.values()) + " |", "|" + "---|" * len(columns)]
-    for record in frame.to_dict(orient="records"):
-        lines.append("| " + " | ".join(_fmt(record.get(c), d, sign) for c, (_, d, sign) in columns.items()) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -391,6 +124,7 @@ TASK_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, False),
                 "ours_psnr_std": ("± std", 4, False), "delta_psnr": ("Δ PSNR vs paper", 4, True),
                 "ours_ssim": ("SSIM", 4, False), "psnr_per_seed": ("PSNR per seed", 0, False),
                 "profile": ("profile", 0, False), "paper_source": ("source", 0, False)}
+
 ABLATION_COLUMNS = {"setting": ("setting", 0, False), "variant": ("variant", 0, False),
                     "insert": ("after blocks", 0, False), "num_keys": ("K", 0, False),
                     "params": ("params", 0, False), "gflops": ("GFLOPs", 3, False), "latency_ms": ("latency ms", 1, False),
@@ -400,46 +134,13 @@ ABLATION_COLUMNS = {"setting": ("setting", 0, False), "variant": ("variant", 0, 
                     "seed": ("seed", 0, False), "val_set": ("val set", 0, False)}
 
 
-def ablation_table(task_dir: Path) -> pd.DataFrame:
-    ablation = pd.read_csv(task_dir / "ablation" / "ablation.csv")
-    efficiency_csv = task_dir / "efficiency" / "efficiency.csv"
-    if efficiency_csv.is_file():
-        efficiency = pd.read_csv(efficiency_csv)[["setting", "variant", "flops", "latency_s", "input", "device"]]
-        ablation = ablation.merge(efficiency, on=["setting", "variant"], how="left")
-        ablation["gflops"] = ablation.flops / 1e9
-        ablation["latency_ms"] = ablation.latency_s * 1e3
-    backbone = ablation[ablation.variant == "backbone"].groupby("setting").val_psnr.mean()
-    ablation["delta_vs_backbone"] = ablation.val_psnr - ablation.setting.map(backbone)
-    ablation["num_keys"] = ablation.num_keys.map(lambda k: "" if pd.isna(k) else str(int(k)))
-    return ablation
-
-
-def profile_summary(profile_dir: Path) -> dict:
-    """Profile, devices, torch, commits, dates and total wall time of one profile's study folder, from the
-    ``provenance.json`` of every stage (and the classical rows')."""
-    records = [json.loads(p.read_text()) for p in sorted(profile_dir.glob("*/*/provenance.json"))]
-    classical = profile_dir.parents[1] / "tables" / profile_dir.name / "classical_provenance.json"
-    if classical.is_file():
-        records.append(json.loads(classical.read_text()))
-
-    def values(key: str) -> str:
-        found = sorted({str(r.get(key, "?")) for r in records})
-        if key == "date" and len(found) > 1:  # the span of the stages, not every stage's date
-            return f"{found[0]} – {found[-1]}"
-        return ", ".join(found) or "?"
-
-    return {"profile": profile_dir.name, "device": values("device"), "torch": values("torch"),
-            "commit": values("commit"), "date": values("date"), "data_root": values("data_root"),
-            "wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in records), "stages": len(records)}
-
-
 def budget_sentence(task_dir: Path) -> str:
     """For SR validated on Set5: the backbone against SRCNN's published Set5 PSNR (literature CSV), from the
     budget sweep (``ablation/budget.csv``: whole schedules of several lengths) when the profile ran one, else
     from the headline's validation curve."""
     curves_csv = task_dir / "retrain" / "curves.csv"
     sweep_csv = task_dir / "ablation" / "budget.csv"
-    train = _provenance(task_dir, "retrain").get("train", {})
+    train = stage_provenance(task_dir, "retrain").get("train", {})
     if task_dir.name != "sr" or train.get("validation_set") != "Set5" or not curves_csv.is_file():
         return ""
     curves = pd.read_csv(curves_csv)
@@ -622,8 +323,6 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
     (``reports/tables/<profile>/section.md``) is the Markdown the front page shows for this profile, with
     links relative to the front page's folder (``reports/``).
     """
-    from acla.study import figures as draw
-
     front = section.parents[2]
 
     def link(path: Path) -> str:
@@ -631,7 +330,7 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
 
     paper, notes = read_paper_tables(paper_tables)
     tasks = [d for d in sorted(study.iterdir()) if (d / "evaluate" / "scores.csv").is_file()] if study.is_dir() else []
-    skipped = [d.name for d in sorted(study.iterdir()) if _provenance(d, "evaluate").get("skipped")] if (
+    skipped = [d.name for d in sorted(study.iterdir()) if stage_provenance(d, "evaluate").get("skipped")] if (
         study.is_dir()) else []
     for name in skipped:  # the tables DVC expects, saying why they hold nothing
         for stem in (name, f"{name}_ablation"):
@@ -684,7 +383,7 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
                 drawn[f"sampled keys {setting_dir.name}"] = draw.sampled_keys(setting_dir / "keys",
                                                                               figures / f"sampled_keys_{setting_dir.name}.png")
                 drawn[f"crops {setting_dir.name}"] = draw.visual_crops(setting_dir, figures / f"crops_{setting_dir.name}.png")
-        info = _provenance(task_dir, "evaluate")
+        info = stage_provenance(task_dir, "evaluate")
         train = info.get("train", {})
         parts.append(f"Settings {info.get('settings', '?')}; trained on {train.get('train_sets', '?')} for "
                      f"{train.get('iterations', '?')} iterations (batch {train.get('batch_size', '?')}, patch "
@@ -726,8 +425,6 @@ def render_front_page(reports: Path) -> Path:
     """``reports/README.md``: every profile present under ``reports/tables/<profile>/`` (``section.md`` and
     ``summary.json``, written by ``render_study``), the most informative first (paper, gpu, cpu, smoke, ci),
     each with its device and duration."""
-    from acla.config import PROFILES
-
     present = [p for p in PROFILES if (reports / "tables" / p / "section.md").is_file()
                and (reports / "tables" / p / "summary.json").is_file()]
     lines = ["# Reports: the ACLA replication study\n",

@@ -36,7 +36,7 @@ from acla.engine.train import ModelSpec, load_model, train
 from acla.files import atomic_write_text
 from acla.models.backbones import BACKBONES, insertion_locations
 from acla.provenance import run_record
-from acla.study.report import seed_spread
+from acla.study.tables import seed_spread
 from acla.tasks import parse_task
 
 
