@@ -13,7 +13,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from acla.gpu_check.command import TINY, VARIANTS, Part, attention_checks, scrubbed
+from acla.gpu_check.correctness import VARIANTS, attention_checks
+from acla.gpu_check.plan import TINY
+from acla.gpu_check.writing import Part, scrubbed
 
 ROOT = Path(__file__).parents[1]
 # What a GPU box with torch preinstalled and `pip install --no-deps -e .` may lack: the engine must not need it.
