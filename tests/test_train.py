@@ -17,9 +17,10 @@ import pytest
 import torch
 from conftest import study_params
 
+import acla
 from acla.cli import main as cli_main
 from acla.engine.evaluate import tiled_forward
-from acla.engine.train import CheckpointError, ModelSpec, load_checkpoint
+from acla.engine.train import CheckpointError, ModelSpec, load_checkpoint, source_files
 from acla.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,3 +208,14 @@ def test_tiled_inference_equals_whole_image_for_convolutions_and_stays_close_wit
         whole, tiled = attention(x), tiled_forward(attention, x, tile=16, overlap=24, scale=2)
     # offsets can reach past the tile's context, so a small difference remains; stated tolerance 1e-2
     assert (tiled - whole).abs().max() < 1e-2
+
+
+def test_the_training_digest_covers_every_source_of_the_model_and_its_kernel() -> None:
+    """Resume must not reuse weights trained by other code: every Python and C++ file under acla/models, acla/ops,
+    acla/engine and acla/data counts, found by folder, so a file added or moved there is never left out."""
+    package = Path(acla.__file__).resolve().parent
+    expected = {path for folder in ("models", "ops", "engine", "data") for suffix in ("*.py", "*.cpp", "*.h")
+                for path in (package / folder).rglob(suffix) if "__pycache__" not in path.parts}
+    covered = set(source_files())
+    assert expected <= covered, sorted(str(p.relative_to(package)) for p in expected - covered)
+    assert package / "ops" / "csrc" / "cpu" / "attend_kernel.cpp" in covered

@@ -110,19 +110,32 @@ class ModelSpec:
                            **self.attention_options())
 
 
-# The sources whose change changes what training computes; a checkpoint records their digest so that the
-# pipeline's automatic resume never continues (or reuses) weights that older code trained.
-TRAINING_SOURCES = ("models/attention.py", "ops/extension.py", "ops/gather.py", "ops/custom_ops.py", "models/backbones.py",
-                    "ops/csrc/cpu/taps.h", "ops/csrc/cpu/gather_kernel.cpp", "ops/csrc/cpu/attend_kernel.cpp",
-                    "engine/train.py", "tasks.py",
-                    "degradations.py", "images.py", "data/patches.py", "metrics.py")
+# The sources whose change changes what training computes, as folders and modules of the acla package; a checkpoint
+# records their digest so that the pipeline's automatic resume never continues (or reuses) weights that older code
+# trained. Folders count every source file in them (Python and the kernel's C++), so a file moved or added inside
+# one needs no edit here.
+TRAINING_SOURCES = ("data", "engine", "models", "ops", "degradations.py", "images.py", "metrics.py", "tasks.py")
+SOURCE_SUFFIXES = (".py", ".cpp", ".h")
+
+
+def source_files() -> list[Path]:
+    """The files of ``TRAINING_SOURCES``, in a fixed order."""
+    root = Path(__file__).resolve().parents[1]  # the acla package
+    files = []
+    for name in TRAINING_SOURCES:
+        path = root / name
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.suffix in SOURCE_SUFFIXES and "__pycache__" not in f.parts)
+        else:
+            files.append(path)
+    return files
 
 
 def source_digest() -> str:
-    root = Path(__file__).resolve().parents[1]  # the acla package
+    root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for name in TRAINING_SOURCES:
-        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    for path in source_files():
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
