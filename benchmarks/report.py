@@ -58,30 +58,24 @@ Peak memory (MiB):
 """
 
 
-CPU_TRIALS = """What was tried on the CPU: one batched `grid_sample` over all keys (it materialises a (B, R, C, K, H, W)
-tensor and its backward scatters into it: slower than the loop on this machine); a channels-last gather
-of the four bilinear taps with attention and bilinear weights fused into one `embedding_bag` (no
-sampled-value tensor at all; its stock CPU backward sorts and reduces slowly); that gather with a
-hand-written backward (the table's gradient as a CSR sparse-matrix product built with one argsort): the
-reference path. For the fast path (issue 11), measured on 2 cores with other jobs running, so as ratios:
-the taps per corner as (Q, M) tensors (elementwise ops on (..., 2) or (..., 4) trailing dimensions were
-each ~10x slower than on long rows) and one autograd node with the positions' and weights' gradients
-written out, the CSR sorted on the top-left rows only (a quarter of the sort): the `fast path, pure
-torch` row, ~1.3-1.5x the reference path on an ACLA module's forward + backward; `torch.sparse.sampled_addmm`
-for the per-tap dot products (1.7x faster than `embedding_bag`'s per-sample-weights backward, but it fails
-on the duplicate columns that clamped out-of-map taps make: dropped); `index_add_` / `index_put_`
-scatters instead of the CSR product (40x / 3x slower); a chunked gather + `bmm` for the dot products
-(slower on real, local indices); the gather traced for `torch.compile` (inductor fuses gather and
-scatter; tiny x2 training step ratio 0.33 against 0.23 eager pure torch, 1 thread, contended); and a C++
-kernel (`acla/ops/extension.py`, built on first use, pure-torch fallback): one walk over the
-taps (per query, the taps of all its keys in one vectorised pass: computed key by key, that scalar work
-had cost more than the gather), the backward one image per thread without atomics, channel loops unrolled
-for 16/32/64 channels, weight-0 keys skipped: the `fast path, C++ kernel` row.
-"""
+
+
+def note(section: str) -> str:
+    """The hand-written note of ``notes.md`` for ``section`` (its ``## section: title`` heading), without the heading;
+    empty where there is none."""
+    path = RESULTS / "notes.md"
+    if not path.is_file():
+        return ""
+    for block in path.read_text().split("\n## ")[1:]:
+        heading, _, body = block.partition("\n")
+        if heading.split(":", 1)[0].strip() == section:
+            return body.strip()
+    return ""
 
 
 def sampling_section(frame: pd.DataFrame) -> str:
     device = frame["device"].iloc[0]
+    trials = note("sampling") + "\n" if "cpu" in device else ""  # the formulations tried and dropped, on CPU
     pivot = frame.pivot(index="size", columns="formulation", values="speedup_vs_loop").reset_index()
     memory = frame.pivot(index="size", columns="formulation", values="peak_mib").reset_index()
     return f"""## (b) Vectorised sampling against a per-key loop ({device})
@@ -97,7 +91,7 @@ Peak memory (MiB):
 
 {_table(memory, list(memory.columns), {column: '{:.1f}' for column in memory.columns if column != 'size'} | {'size': '{}'})}
 
-{CPU_TRIALS if 'cpu' in device else ''}"""
+{trials}"""
 
 
 def _conditions(frame: pd.DataFrame) -> str:
@@ -120,20 +114,13 @@ def _acla_path(frame: pd.DataFrame, *, inference: bool) -> str:
             "kernel's")
 
 
-FUSED_WALK_FIXED_SHARE = """At inference the fused walk projects the offsets and logits of the open keys
-alone, in the walk (two keys per pass), and neither computes taps for a closed key nor gathers it; what it pays
-whatever the keys: the gate scores of every key (R K outputs per pixel, one matrix product: they say which keys
-are open), the key budget (S8: the mean of every key's gate sigmoid), the gate pass, the output product W_z W_v
-and, with NCHW inputs, the copies of the query and the references into rows (in a whole network the backbone lays
-each reference out once). `fused C++ walk, every key projected` is the walk that training and `torch.compile`
-take: the 4 R K heads of every key in one matrix product before it, a cost that does not fall with the open keys."""
 
 
 def _open_key_paths(frame: pd.DataFrame) -> str:
     """Which of the paths timed in (e) this run had: the C++ ones exist on CPU only."""
     paths = frame["path"].unique()
     timed = f"Paths timed on this device: {', '.join(f'`{path}`' for path in paths)}."
-    return f"{timed} {FUSED_WALK_FIXED_SHARE}" if "fused C++ walk" in paths else timed
+    return f"{timed} {note('open_keys')}" if "fused C++ walk" in paths else timed
 
 
 def _range(low: float, high: float, pattern: str) -> str:
@@ -275,8 +262,6 @@ def half_closed_ceiling(frame: pd.DataFrame) -> str:
             "about its share, a path whose gathers cost more than their FLOPs (pure torch) more of a larger total.")
 
 
-TRAINED_SPREAD = """ (overheads against the backbone in the same mode: of the medians, and the lowest and highest
-of the rounds, each model against the backbone's call in the same round)"""
 
 
 def trained_section(frame: pd.DataFrame) -> str:
@@ -295,11 +280,12 @@ def trained_section(frame: pd.DataFrame) -> str:
     summary = (f"Fastest + ACLA: `{fastest['model'].removeprefix('+ ACLA, ')}`"
                + (f", mode `{fastest['mode']}`" if "mode" in frame else "")
                + f", {fastest['overhead_pct']:+.1f} % latency over the backbone in the same mode.")
+    reading = f" {note('trained')}".rstrip()  # how the overheads are read (notes.md)
     return f"""## (f) Trained models at inference ({_conditions(frame)})
 
 `python -m benchmarks.bench_trained` — the `{first['profile']}` profile's trained {first['setting']} models (backbone
 `{first['backbone']}`, first seed; + ACLA after blocks {first['inserted_after']}), {first['input']} LR input, eval mode, no
-autograd, interleaved rounds{_spread(frame, "overhead_low_pct", TRAINED_SPREAD)}. Keys the trained gates leave open per
+autograd, interleaved rounds{_spread(frame, "overhead_low_pct", reading)}. Keys the trained gates leave open per
 query, by module: {first['open_keys']}.
 
 {_table(frame, columns, formats)}
@@ -357,7 +343,8 @@ def gpu_run_title(device: str) -> str:
 def render() -> str:
     sections = [("# Benchmarks\n\nGenerated by `python -m benchmarks.report` from the CSVs beside this file; rerun "
                 "`python -m benchmarks` to measure again. Ratios matter, not absolute times: every row of a table "
-                "was measured in one run on one machine.\n")]
+                "was measured in one run on one machine. What the CSVs cannot hold (formulations tried and dropped, how to "
+                "read a section) is quoted from `notes.md`, written by hand and dated.\n")]
     for name, section in (("attention_cost", attention_section), ("sampling", sampling_section),
                           ("overhead", overhead_section), ("training", training_section),
                           ("open_keys", open_keys_section), ("trained", trained_section)):
