@@ -31,3 +31,14 @@ def test_the_kernel_is_built_from_its_cpp_files_and_no_python_holds_cpp() -> Non
     holding_cpp = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                    if "#include <torch" in path.read_text()]
     assert not holding_cpp, holding_cpp
+
+
+def test_no_module_of_acla_imports_itself_back() -> None:
+    """No import cycle, function-level imports included (the layers allow cycles inside one layer; this does not)."""
+    import grimp  # import-linter's graph builder
+
+    graph = grimp.build_graph("acla", cache_dir=None)
+    cycles = sorted({tuple(sorted((module, imported))) for module in graph.modules
+                     for imported in graph.find_modules_directly_imported_by(module)
+                     if graph.chain_exists(importer=imported, imported=module)})
+    assert not cycles, cycles
