@@ -64,11 +64,13 @@ def test_cla_on_integer_keys_equals_cla_dense_restricted_to_them() -> None:
     query, *refs = maps(2, 5, 3, 3, count=3)
     assert torch.allclose(sampled(query, refs)[..., 1, 1], dense(query, refs)[..., 1, 1], atol=1e-12)
 
-    # Every other query: its in-map keys plus zero keys (values and keys are 0 outside the map).
+    # Every other query: its in-map keys plus keys outside the map, whose value is 0 (S2) and whose key is
+    # W_k 0 + b_k = b_k ((S3) applies W_k to the sampled value).
     values = torch.stack([conv1x1(sampled.value, ref) for ref in refs], 1)  # (B, R, C, 3, 3)
     keys = torch.stack([conv1x1(sampled.key, conv1x1(sampled.value, ref)) for ref in refs], 1)
     q = conv1x1(sampled.query, query)
-    padded_values, padded_keys = F.pad(values, (1, 1, 1, 1)), F.pad(keys, (1, 1, 1, 1))
+    key_bias = sampled.key.bias.view(1, 1, -1, 1, 1)
+    padded_values, padded_keys = F.pad(values, (1, 1, 1, 1)), F.pad(keys - key_bias, (1, 1, 1, 1)) + key_bias
     out = torch.zeros(2, values.shape[2], 3, 3, dtype=torch.float64)
     for y in range(3):
         for x in range(3):
@@ -578,3 +580,72 @@ def test_search_costs_do_not_depend_on_the_kernel(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(extension, "load", lambda: None)
     assert module_costs(model, (6, 6)) == with_kernel
     assert all(module.fast for module in model.attention_modules())  # restored
+
+
+def bilinear_at(value_map: torch.Tensor, x: float, y: float) -> torch.Tensor:
+    """Bilinear sample of one (c, H, W) map at pixel (x, y), written out by hand: zero outside the map (S2)."""
+    height, width = value_map.shape[-2:]
+    x0, y0 = math.floor(x), math.floor(y)
+    sample = value_map.new_zeros(value_map.shape[0])
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            if 0 <= xi < width and 0 <= yi < height:
+                weight = (1 - abs(x - xi)) * (1 - abs(y - yi))
+                sample = sample + weight * value_map[:, yi, xi]
+    return sample
+
+
+def per_key_attention(module: SampledCrossLayerAttention, query: torch.Tensor,
+                      refs: list[torch.Tensor]) -> torch.Tensor:
+    """(S1)-(S7) from shared/paper/spec.md alone, one query and one key at a time, deterministic gates (eval)."""
+    batch, _, height, width = query.shape
+    refs_count, keys = module.num_refs, module.num_keys
+    offsets = conv1x1(module.offset, query)  # (S1)
+    values = [conv1x1(module.value, ref) for ref in refs]  # (S2) V^r = W_v F^r, sampled below
+    grid = key_grid(keys, 1.0).double()
+    summed = query.new_zeros(batch, values[0].shape[1], height, width)
+    for b in range(batch):
+        for y in range(height):
+            for x in range(width):
+                sampled = []
+                for r in range(refs_count):
+                    for k in range(keys):
+                        m = r * keys + k
+                        kx = x + grid[k, 0] + offsets[b, 2 * m, y, x]
+                        ky = y + grid[k, 1] + offsets[b, 2 * m + 1, y, x]
+                        sampled.append(bilinear_at(values[r][b], float(kx), float(ky)))
+                sampled = torch.stack(sampled)  # (R*K, Cv): v_{r,k}(p)
+                if module.logit_form == "predicted":  # (S3) e = W_a F^l
+                    logits = conv1x1(module.attention, query)[b, :, y, x]
+                else:  # (S3) e = <W_q F^l(p), W_k v_{r,k}(p)> / sqrt(d): W_k on the sampled key
+                    q = module.query.weight[:, :, 0, 0] @ query[b, :, y, x] + module.query.bias
+                    sampled_keys = sampled @ module.key.weight[:, :, 0, 0].T + module.key.bias
+                    logits = sampled_keys @ q / math.sqrt(q.numel())
+                if module.adaptive:  # (S6) s > 0 at inference; (S7) the best-scored key always open
+                    scores = conv1x1(module.gate, query)[b, :, y, x]
+                    open_keys = scores > 0
+                    open_keys[scores.argmax()] = True
+                    logits = logits.masked_fill(~open_keys, float("-inf"))
+                weights = logits.softmax(0)  # (S4) over the (open) keys, (S7)
+                summed[b, :, y, x] = weights @ sampled  # (S5) sum_{r,k} a v
+    return conv1x1(module.output, summed)  # (S5) W_z
+
+
+@pytest.mark.parametrize("logits", ["predicted", "dot"])
+@pytest.mark.parametrize("name", ["cla", "acla"])
+def test_the_module_equals_the_specification_computed_key_by_key(name: str, logits: str, gather: str) -> None:
+    """Keys partly off the map included: there the dot logits take W_k's bias whole, as (S3) applies W_k to the
+    sampled key (applied to the map before sampling, the bias would shrink with the key's in-map weight)."""
+    module = randomise(build_attention(name, 4, 2, num_keys=4, logits=logits, gate_bias=0.0).double().eval(), 21)
+    with torch.no_grad():
+        module.offset.weight.mul_(4.0)  # keys a few pixels away: many partly or wholly outside a 5 x 6 map
+        if logits == "dot":
+            module.key.bias.mul_(10.0)  # the bias that (S3) applies to every sampled key
+    query, *refs = maps(1, 4, 5, 6, count=3, seed=22)
+    expected = per_key_attention(module, query, refs)
+    for grad in (False, True):  # no_grad: closed keys skipped; with autograd: every key gathered, masked
+        with torch.set_grad_enabled(grad):
+            assert torch.allclose(module(query, refs), expected, rtol=0, atol=1e-12), f"grad enabled: {grad}"
+    module.fast = False
+    assert torch.allclose(module(query, refs), expected, rtol=0, atol=1e-12)

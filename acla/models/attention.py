@@ -369,8 +369,17 @@ class SampledCrossLayerAttention(AttentionBase):
         return linear_in_layout_of(query, summed, weight, self.output.bias)  # (S5) W_z W_v
 
     def keys(self, values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """(S3) W_k on the values, in their layout (``projections``)."""
-        return [rows_linear(self.key, rows) for rows in values] if isinstance(values, list) else self.key(values)
+        """(S3) W_k on the value maps, in their layout (``projections``), without its bias: ``key_bias`` adds it to
+        each sampled key. Sampling is linear, so Bilinear(W_k V) = W_k Bilinear(V) for every key (zero padding
+        included), and W_k Bilinear(V) + b_k is what (S3) asks: W_k applied to the sampled key. With the bias applied
+        to the map, a key partly outside it would get the bias times its in-map bilinear weight."""
+        if isinstance(values, list):
+            return [F.linear(rows, self.key.weight.flatten(1)) for rows in values]
+        return F.conv2d(values, self.key.weight)
+
+    def key_bias(self, sampled_keys: torch.Tensor) -> torch.Tensor:
+        """(S3) W_k's bias on sampled keys (..., d): see ``keys``."""
+        return sampled_keys + self.key.bias.to(sampled_keys.dtype)
 
     def forward(self, query: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         self._check_refs(query, refs, self.num_refs)
@@ -400,10 +409,10 @@ class SampledCrossLayerAttention(AttentionBase):
         elif open_keys is not None:  # (S3) dot logits of the open keys; closed ones -inf
             q = head.reshape(-1, head.shape[-1])  # (B*H*W, d)
             q = q.repeat_interleave(open_keys.flatten(3).sum(-1).flatten(), dim=0)  # (P, d): each open key's query
-            products = (q * sample(self.keys(values))).sum(-1) / math.sqrt(q.shape[-1])  # (P,)
+            products = (q * self.key_bias(sample(self.keys(values)))).sum(-1) / math.sqrt(q.shape[-1])  # (P,)
             logits = torch.full_like(gates, float("-inf")).masked_scatter_(open_keys.view_as(gates), products)
         else:
-            sampled_keys = sample(self.keys(values)).flatten(3, 4)  # (S3) (B, H, W, R*K, d)
+            sampled_keys = self.key_bias(sample(self.keys(values)).flatten(3, 4))  # (S3) (B, H, W, R*K, d)
             logits = torch.einsum("bhwd,bhwkd->bhwk", head, sampled_keys) / math.sqrt(head.shape[-1])
 
         if self.adaptive:
