@@ -36,6 +36,7 @@ from tqdm import tqdm
 from acla.config import Config, ModelConfig, TrainConfig
 from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
+from acla.engine.gates import OpenKeyTally, gate_gradients, gated_modules
 from acla.engine.live import open_live
 from acla.files import atomic_open
 from acla.images import restore_image
@@ -298,8 +299,9 @@ def batches(dataset: PatchDataset, sampler: DistributedSampler, per_rank_batch: 
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: Distributed,
-             seed: int) -> tuple[float, float]:
-    """Mean PSNR/SSIM over the set; image i is scored on rank i % world only, then sums are reduced."""
+             seed: int, tally: OpenKeyTally | None = None) -> tuple[float, float]:
+    """Mean PSNR/SSIM over the set; image i is scored on rank i % world only, then sums are reduced. ``tally``
+    counts the open keys per query of each ACLA module over the images (summed over the ranks too)."""
     was_training = model.training
     model.eval()
     totals = [0.0, 0.0, 0.0]
@@ -308,8 +310,12 @@ def validate(model: torch.nn.Module, task: Task, image_set: ImageSet, context: D
         target, degraded = task.benchmark_pair(image_set.read(index), image_set.name, image_set.image_names()[index], seed)
         psnr, ssim = task.score(restore_image(model, degraded, target, channels, context.device), target)
         totals = [totals[0] + psnr, totals[1] + ssim, totals[2] + 1]
+        if tally is not None:
+            tally.add()
     model.train(was_training)
-    psnr_sum, ssim_sum, count = context.all_sum(totals)
+    psnr_sum, ssim_sum, count, *histograms = context.all_sum(totals + (tally.as_list() if tally else []))
+    if tally is not None:
+        tally.load_list(histograms)
     return psnr_sum / count, ssim_sum / count
 
 
@@ -459,10 +465,14 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
             ema.update(model)
         done = iteration + 1
         if done % settings.validate_every == 0 or done == settings.iterations:
-            last_psnr, last_ssim = validate(model, task, validation_set, context, settings.seed)
+            tally = OpenKeyTally(gated_modules(model))
+            last_psnr, last_ssim = validate(model, task, validation_set, context, settings.seed, tally)
+            gates = tally.statistics() | gate_gradients(model, degraded, target, autocast)  # acla.engine.gates
             if live is not None:
                 live.log_metric("val/psnr", last_psnr)
                 live.log_metric("val/ssim", last_ssim)
+                for name, value in gates.items():
+                    live.log_metric(name, value)
             if last_psnr > best_psnr:
                 best_psnr = last_psnr
                 if context.main:

@@ -157,6 +157,43 @@ def training_curves(study: Path, path: Path) -> Path | None:
     return _save(grid.figure, path)
 
 
+def gate_diagnostics(curves_csv: Path, path: Path) -> Path | None:
+    """What ACLA's gates did while one setting trained (``acla.engine.gates``, logged at every validation), mean over
+    seeds: open keys per query on the validation images (band: ± 1 std across queries), the share of the queries at
+    the most common count (1: no query differs from another), and the gradient norm on the gate head from the
+    reconstruction loss and from the key budget (log scale)."""
+    curves = pd.read_csv(curves_csv) if curves_csv.is_file() else pd.DataFrame()
+    gates = curves[curves.metric.str.startswith("gates/")] if len(curves) else curves
+    if gates.empty:
+        return None
+    parts = gates.metric.str.split("/", expand=True)
+    several = gates.setting.nunique() > 1 if "setting" in gates else False
+    label = "after block " + parts[1].str.removeprefix("block")
+    gates = gates.assign(block=gates.setting + ", " + label if several else label, quantity=parts[2])
+    mean = gates.groupby(["block", "quantity", "step"]).value.mean().unstack("quantity").reset_index()
+    blocks = sorted(mean.block.unique(), key=lambda name: (name.rsplit(" ", 1)[0], int(name.rsplit(" ", 1)[1])))
+    palette = dict(zip(blocks, sns.color_palette("colorblind", len(blocks))))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for block, group in mean.groupby("block"):
+        color = palette[block]
+        axes[0].plot(group.step, group.open_mean, marker="o", markersize=3, color=color, label=block)
+        axes[0].fill_between(group.step, group.open_mean - group.open_std, group.open_mean + group.open_std,
+                             color=color, alpha=0.15)
+        axes[1].plot(group.step, group.mode_share, marker="o", markersize=3, color=color, label=block)
+        for part, style in (("reconstruction", "-"), ("budget", "--")):
+            column = f"{part}_grad_norm"
+            if column in group:
+                axes[2].plot(group.step, group[column].clip(lower=1e-12), linestyle=style, color=color,
+                             label=f"{block}, {part}")
+    axes[0].set(title="open keys per query (band: ± 1 std across queries)", xlabel="iteration", ylabel="keys")
+    axes[1].set(title="share of queries at the most common count", xlabel="iteration", ylim=(0, 1.05))
+    axes[2].set(title="gate-head gradient norm (— reconstruction, -- budget)", xlabel="iteration", yscale="log")
+    axes[0].legend(fontsize=7)
+    setting = curves_csv.parent.parent.name
+    figure.suptitle(f"ACLA's gates while training ({setting}; mean over seeds)", y=1.02)
+    return _save(figure, path)
+
+
 def budget_sweep(study: Path, path: Path) -> Path | None:
     """Final validation PSNR of the backbone against its training budget (whole schedules, ``ablation/budget.csv``),
     each seed a dot, with the published SR x2 SRCNN value on the same set when the literature CSV holds it."""

@@ -311,7 +311,8 @@ def open_keys_sentence(task_dir: Path) -> str:
 
 
 # The figures shown on the front page itself (the rest are links): what was learned, not how it was run.
-SHOWN_FIGURES = ("training curves", "budget sweep", "alpha trajectories", "what moved each alpha", "open keys per query",
+SHOWN_FIGURES = ("training curves", "gates while training", "budget sweep", "alpha trajectories", "what moved each alpha",
+                 "open keys per query",
                  "sampled keys")
 
 
@@ -383,6 +384,8 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
                 drawn[f"sampled keys {setting_dir.name}"] = draw.sampled_keys(setting_dir / "keys",
                                                                               figures / f"sampled_keys_{setting_dir.name}.png")
                 drawn[f"crops {setting_dir.name}"] = draw.visual_crops(setting_dir, figures / f"crops_{setting_dir.name}.png")
+        drawn[f"gates while training {name}"] = draw.gate_diagnostics(task_dir / "retrain" / "curves.csv",
+                                                                     figures / f"gates_{name}.png")
         info = stage_provenance(task_dir, "evaluate")
         train = info.get("train", {})
         parts.append(f"Settings {info.get('settings', '?')}; trained on {train.get('train_sets', '?')} for "

@@ -1,0 +1,103 @@
+"""What ACLA's gates do during training, and what moves them: the diagnostics the trainer logs at each validation.
+
+Per ACLA module (named by the block it follows):
+
+* open keys per query over the validation images, with the deterministic gates of inference (S6)-(S7): the mean,
+  the standard deviation across queries, and the share of the queries that hold the most common count. A share
+  of 1 means every query keeps the same number of keys: the number is not adaptive, whatever the mean.
+* the gradient on the gate head W_m (S6) split into the part of the reconstruction loss (L1, through the
+  straight-through gates) and the part of the key budget (S8), on the iteration's training batch: the L2 norm of
+  each over W_m's weight and bias, and the mean of each over the gate biases. A positive bias gradient means a
+  descent step lowers the biases, which closes keys; under Adam a small constant gradient moves a parameter as
+  fast as a large one, so the signs matter as much as the norms.
+
+The gradients take one more forward and two backward passes of the batch, with the random state saved before and
+restored after, so the training run draws the same Gumbel noise and batches as without them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from acla.models.attention import SampledCrossLayerAttention
+
+
+def gated_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
+    """Block index -> ACLA module (gated ``SampledCrossLayerAttention``) of a ``RestorationNet``; empty without any."""
+    attention = getattr(model, "attention", {})
+    return {int(name): module for name, module in attention.items()
+            if isinstance(module, SampledCrossLayerAttention) and module.adaptive}
+
+
+class OpenKeyTally:
+    """Counts of queries by number of open keys, per ACLA module, summed over calls (the validation images)."""
+
+    def __init__(self, modules: dict[int, SampledCrossLayerAttention]) -> None:
+        self.modules = modules
+        self.histograms = {index: torch.zeros(module.keys_per_query + 1, dtype=torch.float64)
+                           for index, module in modules.items()}
+
+    def add(self) -> None:
+        """Count the open keys each module left behind in its last call (``open_key_counts``, (B, H, W))."""
+        for index, module in self.modules.items():
+            counts = module.open_key_counts.detach().flatten().long().cpu()
+            self.histograms[index] += torch.bincount(counts, minlength=len(self.histograms[index])).double()
+
+    def as_list(self) -> list[float]:
+        return [value for histogram in self.histograms.values() for value in histogram.tolist()]
+
+    def load_list(self, values: list[float]) -> None:
+        """The histograms from ``as_list``'s layout (after a sum over the ranks of a distributed run)."""
+        start = 0
+        for index, histogram in self.histograms.items():
+            self.histograms[index] = torch.tensor(values[start:start + len(histogram)], dtype=torch.float64)
+            start += len(histogram)
+
+    def statistics(self) -> dict[str, float]:
+        """``gates/block<i>/open_mean``, ``open_std`` (across queries) and ``mode_share`` per module."""
+        metrics = {}
+        for index, histogram in self.histograms.items():
+            total = float(histogram.sum())
+            if total == 0:
+                continue
+            keys = torch.arange(len(histogram), dtype=torch.float64)
+            mean = float((histogram * keys).sum()) / total
+            variance = float((histogram * (keys - mean) ** 2).sum()) / total
+            metrics[f"gates/block{index}/open_mean"] = mean
+            metrics[f"gates/block{index}/open_std"] = variance ** 0.5
+            metrics[f"gates/block{index}/mode_share"] = float(histogram.max()) / total
+        return metrics
+
+
+def gate_gradients(model: torch.nn.Module, degraded: torch.Tensor, target: torch.Tensor, autocast) -> dict[str, float]:
+    """The gradient on each ACLA module's gate head W_m from the L1 loss and from the key budget, separately, on one
+    batch in training mode: ``gates/block<i>/{reconstruction,budget}_grad_norm`` and ``..._bias_grad``. The random
+    state (Gumbel noise) is restored afterwards."""
+    modules = gated_modules(model)
+    if not modules:
+        return {}
+    state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        with autocast:
+            output = model(degraded)
+            reconstruction = F.l1_loss(output.float(), target)
+            budget = sum(module.budget_loss for module in modules.values())
+        heads = [parameter for module in modules.values() for parameter in (module.gate.weight, module.gate.bias)]
+        parts = {"reconstruction": torch.autograd.grad(reconstruction, heads, retain_graph=True, allow_unused=True)}
+        parts["budget"] = (torch.autograd.grad(budget, heads, allow_unused=True) if budget.requires_grad
+                           else [None] * len(heads))
+    finally:
+        torch.set_rng_state(state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+    metrics = {}
+    for position, index in enumerate(modules):
+        for part, gradients in parts.items():
+            weight, bias = (torch.zeros_like(head) if gradient is None else gradient.float()
+                            for head, gradient in zip(heads[2 * position:2 * position + 2],
+                                                      gradients[2 * position:2 * position + 2]))
+            metrics[f"gates/block{index}/{part}_grad_norm"] = float(torch.cat([weight.flatten(), bias]).norm())
+            metrics[f"gates/block{index}/{part}_bias_grad"] = float(bias.mean())
+    return metrics
