@@ -225,6 +225,32 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
+class FrontierConfig:
+    """Accuracy against keys per query (issue #28): ACLA at several key-budget weights lambda_k and CLA at several K,
+    at the searched locations, beside the backbone, over seeds and whole schedules of one or more lengths, scored on
+    ``test_sets`` with the open keys counted there. Empty ``budget_weights`` and ``cla_num_keys``: no frontier."""
+
+    budget_weights: tuple[float, ...] = ()  # (S8) lambda_k of each ACLA point
+    cla_num_keys: tuple[int, ...] = ()  # K of each CLA point (spec section 5's K ablation)
+    seeds: tuple[int, ...] = (0, 1)
+    budgets: tuple[int, ...] = (0,)  # iterations of each whole schedule; 0: train.iterations
+    test_sets: tuple[str, ...] = ("Set5", "B100")
+
+    def __post_init__(self) -> None:
+        if any(weight < 0 for weight in self.budget_weights):
+            raise ValueError(f"frontier.budget_weights must be >= 0, got {list(self.budget_weights)}")
+        if any(keys < 1 for keys in self.cla_num_keys):
+            raise ValueError(f"frontier.cla_num_keys must be >= 1, got {list(self.cla_num_keys)}")
+        if not self.seeds or any(budget < 0 for budget in self.budgets) or not self.budgets:
+            raise ValueError(f"frontier: seeds and budgets (>= 0) must not be empty, got {list(self.seeds)}, "
+                             f"{list(self.budgets)}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.budget_weights or self.cla_num_keys)
+
+
+@dataclass(frozen=True)
 class EfficiencyConfig:
     """Parameters, FLOPs, peak memory and latency of every variant at one input size."""
 
@@ -262,6 +288,7 @@ class Sections:
     headline: HeadlineConfig = field(default_factory=HeadlineConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from acla.study.report import (
 from acla.study.steps import TaskStudy, open_task, variant_specs
 from acla.study.tables import (
     budget_fit,
+    frontier_table,
     headline,
     literature_key,
     published_results,
@@ -344,3 +345,26 @@ def test_a_step_that_trains_no_variant_still_makes_its_checkpoint_folder(tmp_pat
     study.search()  # the architecture the variants are built from
     assert study._train("ablation", [], study.seeds).empty  # an ablation whose profile lists no variant
     assert (study.runs / "ablation").is_dir()  # a DVC output of the stage, so it must exist
+
+
+def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study, tmp_path: Path) -> None:
+    study = open_task("sr", ROOT / "params.yaml", profile="ci", reports=tmp_path / "reports", runs=tmp_path / "runs",
+                      progress=False)
+    shutil.copytree(ci_study.reports / "search", study.reports / "search")
+    table = study.frontier()  # the ci profile's points: CLA K=1, ACLA at lambda_k 0 and 0.01, 2 seeds
+    assert list(dict.fromkeys(table.variant)) == ["backbone", "cla K=1", "acla lk=0", "acla lk=0.01"]
+    assert (table.groupby("variant").seed.nunique() == 2).all()
+    assert (table.iterations == study.config.train.iterations).all()
+    iterations = study.config.train.iterations
+    assert (tmp_path / "runs" / "ci" / "sr" / "frontier" / f"it{iterations}" / "sr_x2" / "acla_lk0_01" / "seed1" /
+            "last.pt").is_file()
+    rows = table.set_index(["variant", "seed"])
+    backbone, cla, acla = rows.loc[("backbone", 0)], rows.loc[("cla K=1", 0)], rows.loc[("acla lk=0", 0)]
+    assert backbone.open_keys == 0 and cla.open_keys == cla.keys_per_query  # CLA keeps every key: R K per module
+    assert 1 <= acla.open_keys <= acla.keys_per_query and 0 < acla.mode_share_max <= 1
+    assert (table[table.variant != "backbone"].gflops > backbone.gflops).all()
+    curves = pd.read_csv(study.reports / "frontier" / "curves.csv")
+    assert curves.metric.str.startswith("gates/").any()
+    frontier = frontier_table(study.reports)
+    assert set(frontier.n_seeds[frontier.variant != "backbone"]) == {2}
+    assert set(frontier.gates_moving[frontier.attention == "acla"]) <= {"yes", "no"}

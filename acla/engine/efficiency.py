@@ -31,6 +31,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from acla.engine.gates import gated_modules
+
 aten = torch.ops.aten
 
 
@@ -194,3 +196,20 @@ def profile(
         input_shape=tuple(input_shape),
         backward=backward,
     )
+
+
+def flops_with_closed_keys_skipped(model: torch.nn.Module, input_shape: tuple[int, ...],
+                                   open_keys: dict[int, float]) -> int:
+    """Forward FLOPs of ``model`` at inference (eval, no autograd) on an input of ``input_shape`` when each ACLA module
+    (by block index) reads ``open_keys[block]`` keys per query on average, as its open-key walk does: the counted
+    FLOPs, which charge every key (``acla::attend_open``'s formula), less what a closed key would have cost per query:
+    its offsets and logit (2 C x 3), its four taps (2 x 4 C) and its softmax term (5), C the references' channels."""
+    model = model.eval()
+    x = torch.zeros(input_shape, device=next(model.parameters()).device)
+    with torch.no_grad():
+        total = count_flops(lambda: model(x))
+    queries = input_shape[-2] * input_shape[-1]
+    for block, module in gated_modules(model).items():
+        channels = module.value.in_channels
+        total -= round(queries * (module.keys_per_query - open_keys[block]) * (14 * channels + 5))
+    return int(total)

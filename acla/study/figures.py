@@ -194,6 +194,40 @@ def gate_diagnostics(curves_csv: Path, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def accuracy_against_keys(frontier: pd.DataFrame, path: Path) -> Path | None:
+    """PSNR against the keys a query attends to (mean over the modules), one panel per test set and budget: CLA at
+    each K as a line, ACLA at each lambda_k as points (open circles where its gates were still moving at the end of
+    training), the backbone as a dashed line; error bars ± 1 std over seeds."""
+    if frontier.empty:
+        return None
+    frontier = frontier.assign(keys=np.where(frontier.attention == "cla", frontier.keys_per_query,
+                                             frontier.open_keys_mean))
+    panels = list(frontier.groupby(["iterations", "set"], sort=False))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for axis, ((iterations, set_name), data) in zip(axes[0], panels):
+        backbone = data[data.attention == "none"]
+        if len(backbone):
+            axis.axhline(backbone.psnr_mean.iloc[0], color="gray", linestyle="--", label="backbone")
+        cla = data[data.attention == "cla"].sort_values("keys")
+        if len(cla):
+            axis.errorbar(cla["keys"], cla.psnr_mean, yerr=cla.psnr_std.fillna(0), marker="s", color="tab:blue",
+                          capsize=3, label="CLA (K = " + ", ".join(str(int(k)) for k in cla.num_keys) + ")")
+        acla = data[data.attention == "acla"].sort_values("key_budget_weight")
+        colors = sns.color_palette("flare", max(len(acla), 1))
+        for color, row in zip(colors, acla.itertuples()):
+            moving = row.gates_moving == "yes"
+            axis.errorbar([row.keys], [row.psnr_mean], yerr=[0 if pd.isna(row.psnr_std) else row.psnr_std],
+                          xerr=[0 if pd.isna(row.open_keys_std) else row.open_keys_std], marker="o", capsize=3,
+                          color=color, markerfacecolor="none" if moving else color,
+                          label=f"ACLA λk={row.key_budget_weight:g}" + (" (gates still moving)" if moving else ""))
+        axis.set(xscale="log", xlabel="keys per query (open, mean over modules)", ylabel="PSNR (dB)",
+                 title=f"{set_name}, {int(iterations)} iterations")
+        axis.legend(fontsize=7)
+    figure.suptitle("Accuracy against keys per query: CLA's fixed K against ACLA's gated keys (± 1 std over seeds)",
+                    y=1.02)
+    return _save(figure, path)
+
+
 def budget_sweep(study: Path, path: Path) -> Path | None:
     """Final validation PSNR of the backbone against its training budget (whole schedules, ``ablation/budget.csv``),
     each seed a dot, with the published SR x2 SRCNN value on the same set when the literature CSV holds it."""

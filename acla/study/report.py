@@ -23,6 +23,7 @@ from acla.study.tables import (
     budget_fit,
     budget_to_reach,
     compare,
+    frontier_table,
     headline,
     literature_rows,
     markdown,
@@ -132,6 +133,18 @@ ABLATION_COLUMNS = {"setting": ("setting", 0, False), "variant": ("variant", 0, 
                     "val_psnr": ("val PSNR", 4, False), "delta_vs_backbone": ("Δ vs backbone", 4, True),
                     "val_ssim": ("val SSIM", 4, False), "iterations": ("iterations", 0, False),
                     "seed": ("seed", 0, False), "val_set": ("val set", 0, False)}
+
+
+FRONTIER_COLUMNS = {"iterations": ("iterations", 0, False), "variant": ("point", 0, False), "set": ("test set", 0, False),
+                    "n_seeds": ("seeds", 0, False), "psnr_mean": ("PSNR", 4, False), "psnr_std": ("± std", 4, False),
+                    "open_keys_mean": ("open keys / query", 2, False), "keys_per_query": ("of", 1, False),
+                    "mode_share_max_mean": ("mode share (max)", 2, False), "gflops_mean": ("GFLOPs", 3, False),
+                    "gates_moving": ("gates still moving", 0, False), "psnr_per_seed": ("PSNR per seed", 0, False)}
+FRONTIER_NOTE = ("Open keys: ACLA's per query on the test images with inference's gates, mean over the modules and the "
+                 "seeds (CLA: every key, R K; backbone: none). Mode share: the share of queries at a module's most "
+                 "common count, the largest over the modules (1: no query differs from another). GFLOPs at inference "
+                 "with closed keys skipped (`acla.engine.efficiency.flops_with_closed_keys_skipped`). Gates still "
+                 "moving: some module's open keys changed by more than 0.05 between the last two validations.\n\n")
 
 
 def budget_sentence(task_dir: Path) -> str:
@@ -311,7 +324,7 @@ def open_keys_sentence(task_dir: Path) -> str:
 
 
 # The figures shown on the front page itself (the rest are links): what was learned, not how it was run.
-SHOWN_FIGURES = ("training curves", "gates while training", "budget sweep", "alpha trajectories", "what moved each alpha",
+SHOWN_FIGURES = ("training curves", "gates while training", "accuracy against keys", "budget sweep", "alpha trajectories", "what moved each alpha",
                  "open keys per query",
                  "sampled keys")
 
@@ -378,6 +391,14 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
             atomic_write_text(tables / f"{name}_ablation.md", f"# {name}: ablation (spec section 5)\n\n"
                               + markdown(ablation, ABLATION_COLUMNS))
             links += f"; ablation: [`{link(tables / f'{name}_ablation.md')}`]({link(tables / f'{name}_ablation.md')})"
+        frontier = frontier_table(task_dir)
+        if len(frontier):
+            atomic_write_text(tables / f"{name}_frontier.csv", frontier.to_csv(index=False, float_format="%.6f"))
+            atomic_write_text(tables / f"{name}_frontier.md", f"# {name}: accuracy against keys per query "
+                              f"(profile `{study.name}`)\n\n" + FRONTIER_NOTE + markdown(frontier, FRONTIER_COLUMNS))
+            drawn[f"accuracy against keys {name}"] = draw.accuracy_against_keys(frontier,
+                                                                               figures / f"frontier_{name}.png")
+            links += f"; frontier: [`{link(tables / f'{name}_frontier.md')}`]({link(tables / f'{name}_frontier.md')})"
         parts.append(links + ".\n")
         for setting_dir in sorted((task_dir / "evaluate").glob("*/")):
             if setting_dir.is_dir():

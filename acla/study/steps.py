@@ -32,7 +32,9 @@ import torch
 from acla.config import Study, TaskConfig, load_study
 from acla.data import open_set
 from acla.data.sets import resolve_data_root
-from acla.engine.train import ModelSpec, load_model, train
+from acla.engine.efficiency import flops_with_closed_keys_skipped
+from acla.engine.gates import OpenKeyTally, gated_modules
+from acla.engine.train import Distributed, ModelSpec, load_model, train, validate
 from acla.files import atomic_write_text
 from acla.models.backbones import BACKBONES, insertion_locations
 from acla.provenance import run_record
@@ -75,6 +77,21 @@ def variant_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[s
             insert = tuple(insertion_locations(insertion, num_blocks))
         variants[f"acla {insertion}"] = replace(searched, insert=insert, references=None)
     return variants
+
+
+def frontier_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[str, ModelSpec]:
+    """The points of the accuracy-against-keys frontier (``frontier``) for one setting: the backbone, CLA at each K
+    and ACLA at each key-budget weight, the modules at the searched locations. Labels ``cla K=9``, ``acla lk=0.001``.
+    CLA K=9 at the searched locations is the headline's ``cla`` (same spec), ACLA at the headline's lambda_k its
+    ``acla``."""
+    specs = {"backbone": ModelSpec(setting, task.model.backbone)}
+    if searched.attention == "none":
+        return specs
+    for keys in task.frontier.cla_num_keys:
+        specs[f"cla K={keys}"] = replace(searched, attention="cla", num_keys=keys)
+    for weight in task.frontier.budget_weights:
+        specs[f"acla lk={weight:g}"] = replace(searched, key_budget_weight=float(weight))
+    return specs
 
 
 def describe(spec: ModelSpec) -> dict:
@@ -146,10 +163,11 @@ class TaskStudy:
         return variant_specs(self.config, setting, self.searched(setting))
 
     def skip(self, step: str) -> pd.DataFrame:
-        """A profile that lists no setting for this task: the step writes only ``provenance.json`` (saying so),
-        the empty checkpoint folder and metrics file DVC expects, and no table the report would read."""
-        save_provenance(self, step, 0.0)
-        if step in ("retrain", "ablation"):
+        """A profile that lists no setting (or no frontier point) for this task: the step writes only
+        ``provenance.json`` (saying so), the empty checkpoint folder and metrics file DVC expects, and no table the
+        report would read."""
+        save_provenance(self, step, 0.0, skipped=True)
+        if step in ("retrain", "ablation", "frontier"):
             (self.runs / step).mkdir(parents=True, exist_ok=True)
         if step == "evaluate":
             atomic_write_text(self.metrics_file, "{}\n")
@@ -164,13 +182,14 @@ class TaskStudy:
 
     # ---------------------------------------------------------------------------------- training
     def _fit(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0,
-             ) -> tuple[list[dict], list[pd.DataFrame]]:
+             specs_of=None) -> tuple[list[dict], list[pd.DataFrame]]:
         """Train ``labels`` x ``seeds`` of every setting (checkpoints under ``runs/<step>``): one row per run and
-        its dvclive curves. ``iterations`` > 0 replaces the training budget (a whole schedule of that length)."""
+        its dvclive curves. ``iterations`` > 0 replaces the training budget (a whole schedule of that length).
+        ``specs_of(setting)``: the label -> spec mapping to take the labels from (default: ``variants``)."""
         (self.runs / step).mkdir(parents=True, exist_ok=True)  # a DVC output, even when no variant is trained here
         rows, curves = [], []
         for setting in self.settings:
-            specs = self.variants(setting)
+            specs = (specs_of or self.variants)(setting)
             config = self.run_config(setting)
             if iterations and iterations != config.train.iterations:
                 config = replace(config, train=replace(config.train, iterations=iterations,
@@ -255,6 +274,60 @@ class TaskStudy:
         frame = frame.sort_values(["setting", "iterations", "seed"], ignore_index=True)
         write_csv(pd.concat(curves, ignore_index=True), self.reports / "ablation" / "budget_curves.csv")
         return write_csv(frame, self.reports / "ablation" / "budget.csv")
+
+    def frontier(self) -> pd.DataFrame:
+        """The accuracy-against-keys frontier (``frontier`` section; issue #28): every point of ``frontier_specs``,
+        every seed of ``frontier.seeds``, a whole schedule per budget of ``frontier.budgets``, each scored on
+        ``frontier.test_sets`` with ACLA's open keys per query counted there (deterministic gates) and the
+        inference FLOPs at ``efficiency.input_size`` with closed keys skipped. ``frontier/frontier.csv`` (one row
+        per run and test set), ``frontier/curves.csv`` (the gate diagnostics while training)."""
+        frontier = self.config.frontier
+        if not self.settings or not frontier.enabled:
+            return self.skip("frontier")
+        start = time.perf_counter()
+        rows, curves = [], []
+        for budget in frontier.budgets:
+            iterations = budget or self.config.train.iterations
+            specs_of = lambda setting: frontier_specs(self.config, setting, self.searched(setting))  # noqa: E731
+            labels = list(dict.fromkeys(label for setting in self.settings for label in specs_of(setting)))
+            fitted, drawn = self._fit(f"frontier/it{iterations}", labels, frontier.seeds, iterations, specs_of)
+            curves += [frame.assign(iterations=iterations) for frame in drawn]
+            for run in fitted:
+                rows += self.score_frontier_run(run, specs_of(run["setting"])[run["variant"]])
+        save_provenance(self, "frontier", time.perf_counter() - start)
+        write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), self.reports / "frontier" / "curves.csv")
+        return write_csv(pd.DataFrame(rows), self.reports / "frontier" / "frontier.csv")
+
+    def score_frontier_run(self, run: dict, spec: ModelSpec) -> list[dict]:
+        """One trained frontier run on each test set: PSNR/SSIM (``validate``'s scoring), open keys per query per
+        ACLA module over the set's images, and inference GFLOPs with closed keys skipped."""
+        model, _ = load_model(self.runs / run["checkpoint"], spec)
+        model = model.to(self.device).eval()
+        task = parse_task(run["setting"])
+        config = self.run_config(run["setting"])
+        keys_per_query = {int(name): module.keys_per_query for name, module in model.attention.items()
+                          if hasattr(module, "keys_per_query")}
+        rows = []
+        for name in self.config.frontier.test_sets:
+            image_set = open_set(name, self.data_root, verify=config.data.verify, crop=config.evaluate.crop)
+            tally = OpenKeyTally(gated_modules(model))
+            psnr, ssim = validate(model, task, image_set, Distributed(device=self.device), config.train.seed, tally)
+            stats = tally.statistics()
+            open_keys = {block: stats.get(f"gates/block{block}/open_mean", float(keys)) for block, keys
+                         in keys_per_query.items()}
+            input_shape = (1, task.channels, *self.config.efficiency.input_size)
+            flops = flops_with_closed_keys_skipped(model, input_shape, open_keys)
+            rows.append({**{k: run[k] for k in ("setting", "variant", "seed", "attention", "num_keys", "iterations")},
+                         "key_budget_weight": spec.key_budget_weight if spec.attention == "acla" else float("nan"),
+                         "set": image_set.label, "psnr": psnr, "ssim": ssim, "val_psnr": run["val_psnr"],
+                         "open_keys": float(np.mean(list(open_keys.values()))) if open_keys else 0.0,
+                         "keys_per_query": float(np.mean(list(keys_per_query.values()))) if keys_per_query else 0.0,
+                         "open_keys_by_block": " ".join(f"{b}:{v:.2f}/{keys_per_query[b]}" for b, v in open_keys.items()),
+                         "mode_share_min": min((v for k, v in stats.items() if k.endswith("mode_share")), default=float("nan")),
+                         "mode_share_max": max((v for k, v in stats.items() if k.endswith("mode_share")), default=float("nan")),
+                         "gflops": flops / 1e9, "flops_input": "x".join(map(str, self.config.efficiency.input_size)),
+                         "seconds": run["seconds"]})
+        return rows
 
     # ---------------------------------------------------------------------------------- evaluation
     def model(self, setting: str, label: str, seed: int | None = None, step: str = "retrain") -> torch.nn.Module:

@@ -327,3 +327,44 @@ def markdown(frame: pd.DataFrame, columns: dict[str, tuple[str, int, bool]]) -> 
     for record in frame.to_dict(orient="records"):
         lines.append("| " + " | ".join(number_cell(record.get(c), d, sign) for c, (_, d, sign) in columns.items()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def frontier_table(task_dir: Path) -> pd.DataFrame:
+    """The accuracy-against-keys frontier (``frontier/frontier.csv``): per setting, budget, point and test set the
+    PSNR as mean ± std over seeds (per-seed values kept), ACLA's open keys per query (mean over the modules; CLA
+    keeps every key), the share of queries at each module's most common count (the largest over the modules) and
+    the inference GFLOPs with closed keys skipped; ``gates_moving`` says whether an ACLA point's open keys still
+    changed over the last two validations of its training (then its point is a transient, not a converged one)."""
+    path = task_dir / "frontier" / "frontier.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    runs = pd.read_csv(path)
+    if runs.empty:
+        return runs
+    table = seed_spread(runs, ["setting", "iterations", "variant", "set"],
+                        ["psnr", "ssim", "open_keys", "gflops", "mode_share_max"])
+    table = table.merge(runs.groupby(["setting", "iterations", "variant"], sort=False).agg(
+        attention=("attention", "first"), num_keys=("num_keys", "first"), key_budget_weight=("key_budget_weight", "first"),
+        keys_per_query=("keys_per_query", "first")).reset_index(), on=["setting", "iterations", "variant"])
+    moving = gates_moving(task_dir / "frontier" / "curves.csv")
+    table["gates_moving"] = [moving.get((s, i, v), "") for s, i, v in zip(table.setting, table.iterations, table.variant)]
+    return table
+
+
+def gates_moving(curves_csv: Path, tolerance: float = 0.05) -> dict[tuple[str, int, str], str]:
+    """(setting, iterations, variant) -> "yes" when some ACLA module's mean open keys per query (on the validation
+    images) changed by more than ``tolerance`` keys between the last two validations of some seed, else "no"."""
+    if not curves_csv.is_file():
+        return {}
+    curves = pd.read_csv(curves_csv)
+    if curves.empty or "metric" not in curves:
+        return {}
+    opened = curves[curves.metric.str.endswith("/open_mean")]
+    verdicts: dict[tuple[str, int, str], str] = {}
+    for (setting, iterations, variant, _seed, _metric), group in opened.groupby(
+            ["setting", "iterations", "variant", "seed", "metric"]):
+        values = group.sort_values("step").value.to_numpy()
+        changed = len(values) >= 2 and abs(values[-1] - values[-2]) > tolerance
+        key = (setting, int(iterations), variant)
+        verdicts[key] = "yes" if changed or verdicts.get(key) == "yes" else "no"
+    return verdicts
