@@ -460,6 +460,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         if cuda and settings.channels_last:
             degraded = degraded.contiguous(memory_format=torch.channels_last)
         loss = train_step(forward, optimizer, modules, degraded, target, autocast)
+        open_keys = [float(m.open_keys) for m in modules]  # this step's, before validation's calls replace them
         scheduler.step()
         if ema is not None:
             ema.update(model)
@@ -480,7 +481,6 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         if live is not None:
             live.log_metric("train/loss", loss.item())
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
-            open_keys = [float(m.open_keys) for m in modules]
             if open_keys:
                 live.log_metric("train/open_keys", float(np.mean(open_keys)))
             live.next_step()

@@ -185,12 +185,16 @@ def gate_diagnostics(curves_csv: Path, path: Path) -> Path | None:
             if column in group:
                 axes[2].plot(group.step, group[column].clip(lower=1e-12), linestyle=style, color=color,
                              label=f"{block}, {part}")
-    axes[0].set(title="open keys per query (band: ± 1 std across queries)", xlabel="iteration", ylabel="keys")
-    axes[1].set(title="share of queries at the most common count", xlabel="iteration", ylim=(0, 1.05))
-    axes[2].set(title="gate-head gradient norm (— reconstruction, -- budget)", xlabel="iteration", yscale="log")
+    axes[0].set(xlabel="iteration", ylabel="keys")
+    axes[0].set_title("open keys per query\n(band: ± 1 std across queries)", fontsize=10)
+    axes[1].set(xlabel="iteration", ylim=(0, 1.05))
+    axes[1].set_title("share of queries at the\nmost common count (1: all alike)", fontsize=10)
+    axes[2].set(xlabel="iteration", yscale="log")
+    axes[2].set_title("gradient norm on the gate head W_m\n(solid: reconstruction, dashed: key budget)", fontsize=10)
     axes[0].legend(fontsize=7)
     setting = curves_csv.parent.parent.name
-    figure.suptitle(f"ACLA's gates while training ({setting}; mean over seeds)", y=1.02)
+    figure.suptitle(f"ACLA's gates while training ({setting}; mean over seeds)", y=1.04)
+    figure.tight_layout()
     return _save(figure, path)
 
 
