@@ -235,6 +235,7 @@ class FrontierConfig:
     seeds: tuple[int, ...] = (0, 1)
     budgets: tuple[int, ...] = (0,)  # iterations of each whole schedule; 0: train.iterations
     test_sets: tuple[str, ...] = ("Set5", "B100")
+    key_sets: tuple[str, ...] = ("Set14", "Urban100")  # the first image of each: ACLA's open-key maps and zoomed keys
 
     def __post_init__(self) -> None:
         if any(weight < 0 for weight in self.budget_weights):

@@ -365,6 +365,8 @@ def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study,
     assert (table[table.variant != "backbone"].gflops > backbone.gflops).all()
     curves = pd.read_csv(study.reports / "frontier" / "curves.csv")
     assert curves.metric.str.startswith("gates/").any()
+    keys = study.reports / "frontier" / "keys" / "acla_lk0" / "bundled-test"
+    assert {"zoomed_keys.csv", "open_key_maps.npz", "input.png", "summary.json"} <= {p.name for p in keys.iterdir()}
     frontier = frontier_table(study.reports)
     assert set(frontier.n_seeds[frontier.variant != "backbone"]) == {2}
     assert set(frontier.gates_moving[frontier.attention == "acla"]) <= {"yes", "no"}

@@ -140,6 +140,64 @@ def sampled_keys(keys_dir: Path, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def key_maps(folder: Path, path: Path, half: int = 12) -> Path | None:
+    """What the gates of each ACLA module did on one image (``acla.study.keys.key_maps_report``). Top row: the
+    network input and, per module, the open keys of every query pixel. Below, one row per query kind (edge,
+    texture, flat): a (2 half) px crop around the query (*), per module, with each key's fixed grid position p + p_k
+    (+) joined to its learned position p + p_k + dp (o filled: open; o hollow: closed), coloured by reference."""
+    csv = folder / "zoomed_keys.csv"
+    if not csv.is_file():
+        return None
+    keys = pd.read_csv(csv)
+    maps = np.load(folder / "open_key_maps.npz")
+    image = np.asarray(Image.open(folder / "input.png"))
+    summary = json.loads((folder / "summary.json").read_text())
+    blocks = sorted(int(b) for b in maps.files)
+    kinds = list(dict.fromkeys(keys.kind))
+    figure, axes = plt.subplots(1 + len(kinds), 1 + len(blocks), figsize=(3.1 * (1 + len(blocks)), 3.0 * (1 + len(kinds))),
+                                squeeze=False)
+    cmap = "gray" if image.ndim == 2 else None
+    axes[0, 0].imshow(image, cmap=cmap)
+    axes[0, 0].set_title(summary["image"], fontsize=9)
+    for kind, (y, x) in summary["queries"].items():
+        axes[0, 0].scatter([x], [y], marker="*", s=70, color="yellow", edgecolors="black", linewidths=0.5)
+        axes[0, 0].annotate(kind, (x, y), xytext=(4, -4), textcoords="offset points", fontsize=7, color="yellow")
+    for axis, block in zip(axes[0, 1:], blocks):
+        total = summary["keys_per_query"][str(block)]
+        shown = axis.imshow(maps[str(block)], cmap="viridis", vmin=1, vmax=total)
+        axis.set_title(f"after block {block}: open keys (of {total})\nmean {maps[str(block)].mean():.2f}", fontsize=9)
+        figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
+    palette = sns.color_palette("bright", keys.reference_layer.nunique())
+    colors = dict(zip(sorted(keys.reference_layer.unique()), palette))
+    for row, kind in enumerate(kinds, start=1):
+        part = keys[keys.kind == kind]
+        qy, qx = int(part.query_y.iloc[0]), int(part.query_x.iloc[0])
+        for column, axis in enumerate(axes[row]):
+            axis.imshow(image, cmap=cmap, interpolation="nearest")
+            axis.set(xlim=(qx - half - 0.5, qx + half - 0.5), ylim=(qy + half - 0.5, qy - half - 0.5), xticks=[], yticks=[])
+            axis.scatter([qx], [qy], marker="*", s=120, color="yellow", edgecolors="black", linewidths=0.6, zorder=4)
+            if column == 0:
+                axis.set_title(f"{kind} query ({qx}, {qy}), {2 * half} px", fontsize=9)
+                continue
+            block = blocks[column - 1]
+            here = part[part.block == block]
+            layers = sorted(here.reference_layer.unique())
+            for r in here.itertuples():  # the first reference's keys largest: keys at one place show as rings
+                color, size = colors[r.reference_layer], 70 / (1 + layers.index(r.reference_layer))
+                axis.plot([r.grid_x, r.x], [r.grid_y, r.y], color=color, linewidth=0.8, alpha=0.8, zorder=2)
+                axis.scatter([r.grid_x], [r.grid_y], marker="+", s=25, color=color, zorder=3)
+                axis.scatter([r.x], [r.y], marker="o", s=size, zorder=3, edgecolors=color, linewidths=1.2,
+                             facecolors=color if r.open else "none")
+            axis.set_title(f"after block {block}: {int(here.open.sum())} of {len(here)} open", fontsize=9)
+    handles = [plt.Line2D([], [], color=color, marker="o", linestyle="", label=f"reference F^{layer}")
+               for layer, color in colors.items()]
+    axes[-1, -1].legend(handles=handles, fontsize=7, loc="lower right")
+    figure.suptitle(f"ACLA's keys on {summary['image']}: + grid position, o learned position (filled open, hollow "
+                    "closed)", y=1.0)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def training_curves(study: Path, path: Path) -> Path | None:
     """Training loss and validation PSNR of the headline pair, per setting: the mean over seeds, and a band of
     one standard deviation (the tables' spread). Seaborn's default band, a 1000-sample bootstrap per point, took

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from acla.data import open_set
-from acla.files import atomic_write_text
+from acla.files import atomic_open, atomic_write_text
 from acla.images import network_input, to_uint8
 from acla.models.attention import SampledCrossLayerAttention
 from acla.tasks import parse_task
@@ -92,5 +92,81 @@ def key_report(model: torch.nn.Module, setting: str, set_name: str, out_dir: Pat
             for block, group in counts.groupby("block")} if len(counts) else {}
     summary = {"setting": setting, "image": f"{image_set.label}/{name}", "mean_open_keys": mean,
                "keys_per_query": {str(b): int(g.keys_per_query.iloc[0]) for b, g in counts.groupby("block")}}
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def query_kinds(image: np.ndarray, margin: int = 12) -> dict[str, tuple[int, int]]:
+    """One query pixel (y, x) of each kind on ``image`` (uint8, (H, W[, C])), at least ``margin`` pixels from the
+    border: ``edge`` where the luminance gradient is largest; ``texture`` where the mean gradient over a 7 x 7 window
+    is largest among windows without a strong step (their largest gradient below the image's 95th percentile):
+    many moderate changes; ``flat`` where the 5 x 5 local standard deviation is smallest."""
+    gray = image.astype(np.float64).mean(axis=-1) if image.ndim == 3 else image.astype(np.float64)
+    gy, gx = np.gradient(gray)
+    gradient = np.hypot(gx, gy)
+    windows = lambda values, side: np.lib.stride_tricks.sliding_window_view(  # noqa: E731
+        np.pad(values, side // 2, mode="reflect"), (side, side))
+    local_std = windows(gray, 5).std(axis=(-2, -1))
+    gradient_windows = windows(gradient, 7)
+    inside = np.zeros_like(gray, dtype=bool)
+    inside[margin:-margin, margin:-margin] = True
+    pick = lambda score: np.unravel_index(np.argmax(np.where(inside, score, -np.inf)), gray.shape)  # noqa: E731
+    no_step = gradient_windows.max(axis=(-2, -1)) < np.percentile(gradient[inside], 95)
+    points = {"edge": pick(gradient), "texture": pick(np.where(no_step, gradient_windows.mean(axis=(-2, -1)), -np.inf)),
+              "flat": pick(-local_std)}
+    return {kind: (int(y), int(x)) for kind, (y, x) in points.items()}
+
+
+@torch.no_grad()
+def key_maps_report(model: torch.nn.Module, setting: str, set_name: str, out_dir: Path, *, data_root: Path | None,
+                    image_index: int = 0, seed: int = 0, verify: bool = True) -> dict:
+    """What each ACLA module of ``model`` did on one image of ``set_name``: ``open_key_maps.npz`` (block -> (H, W)
+    open keys of every query pixel, inference's gates), ``zoomed_keys.csv`` (for one edge, one texture and one flat
+    query: every key's grid position p + p_k and learned position p + p_k + dp (S1), its reference and whether it
+    is open), ``input.png`` (the network input) and ``summary.json``."""
+    from acla.engine.evaluate import save_png
+
+    task = parse_task(setting)
+    image_set = open_set(set_name, data_root, verify=verify)
+    name = image_set.image_names()[image_index]
+    _, degraded = task.benchmark_pair(image_set.read(image_index), set_name, name, seed)
+    device = next(model.parameters()).device
+    model.eval()
+    modules = acla_modules(model)
+    queries: dict[int, torch.Tensor] = {}
+    handles = [module.register_forward_pre_hook(lambda m, args, block=block: queries.__setitem__(block, args[0]))
+               for block, module in modules.items()]
+    try:
+        model(network_input(degraded, task.channels)[None].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    points = query_kinds(degraded)
+    maps, keys = {}, []
+    for block, module in modules.items():
+        query = queries[block]
+        maps[str(block)] = (module.open_key_counts[0].cpu().numpy() if module.adaptive else
+                            np.full(query.shape[-2:], module.keys_per_query))
+        positions = module.sampling_positions(query)[0].float().cpu()  # (H, W, R, K, 2) as (x, y)
+        grid = module.grid.float().cpu()  # (K, 2) p_k
+        gates = module.gates(query)[0].cpu() if module.adaptive else torch.ones(module.keys_per_query, *query.shape[-2:])
+        gates = gates.view(module.num_refs, module.num_keys, *query.shape[-2:])
+        for kind, (y, x) in points.items():
+            for r, layer in enumerate(model.references[block]):
+                for k in range(module.num_keys):
+                    px, py = positions[y, x, r, k].tolist()
+                    keys.append({"block": block, "kind": kind, "query_y": y, "query_x": x, "reference_layer": layer,
+                                 "key": k, "grid_x": x + float(grid[k, 0]), "grid_y": y + float(grid[k, 1]),
+                                 "x": px, "y": py, "open": bool(gates[r, k, y, x] > 0),
+                                 "keys_per_query": module.keys_per_query})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out_dir / "open_key_maps.npz", "wb") as handle:
+        np.savez_compressed(handle, **maps)
+    atomic_write_text(out_dir / "zoomed_keys.csv", pd.DataFrame(keys).to_csv(index=False, float_format="%.4f"))
+    save_png(out_dir / "input.png", to_uint8(degraded))
+    summary = {"setting": setting, "image": f"{image_set.label}/{name}", "queries": points,
+               "mean_open_keys": {block: float(m.mean()) for block, m in maps.items()},
+               "keys_per_query": {str(b): int(m.keys_per_query) for b, m in modules.items()}}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -399,6 +399,9 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
             drawn[f"accuracy against keys {name}"] = draw.accuracy_against_keys(frontier,
                                                                                figures / f"frontier_{name}.png")
             links += f"; frontier: [`{link(tables / f'{name}_frontier.md')}`]({link(tables / f'{name}_frontier.md')})"
+            for folder in sorted((task_dir / "frontier" / "keys").glob("*/*/")):
+                drawn[f"keys of {folder.parent.name} on {folder.name}"] = draw.key_maps(
+                    folder, figures / f"keys_{folder.parent.name}_{folder.name}.png")
         parts.append(links + ".\n")
         for setting_dir in sorted((task_dir / "evaluate").glob("*/")):
             if setting_dir.is_dir():

@@ -38,6 +38,7 @@ from acla.engine.train import Distributed, ModelSpec, load_model, train, validat
 from acla.files import atomic_write_text
 from acla.models.backbones import BACKBONES, insertion_locations
 from acla.provenance import run_record
+from acla.study.keys import key_maps_report
 from acla.study.tables import seed_spread
 from acla.tasks import parse_task
 
@@ -294,9 +295,28 @@ class TaskStudy:
             curves += [frame.assign(iterations=iterations) for frame in drawn]
             for run in fitted:
                 rows += self.score_frontier_run(run, specs_of(run["setting"])[run["variant"]])
+        self.frontier_keys()
         save_provenance(self, "frontier", time.perf_counter() - start)
         write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), self.reports / "frontier" / "curves.csv")
         return write_csv(pd.DataFrame(rows), self.reports / "frontier" / "frontier.csv")
+
+    def frontier_keys(self) -> None:
+        """What the gates of every ACLA point (first seed, longest budget) did on the first image of each of
+        ``frontier.key_sets``: ``frontier/keys/<point>/<set>/`` (``acla.study.keys.key_maps_report``)."""
+        frontier = self.config.frontier
+        iterations = max(budget or self.config.train.iterations for budget in frontier.budgets)
+        for setting in self.settings:
+            specs = frontier_specs(self.config, setting, self.searched(setting))
+            for label, spec in specs.items():
+                if spec.attention != "acla":
+                    continue
+                checkpoint = self.run_dir(f"frontier/it{iterations}", setting, label, frontier.seeds[0]) / "last.pt"
+                model, _ = load_model(checkpoint, spec)
+                for set_name in frontier.key_sets:
+                    key_maps_report(model.to(self.device), setting, set_name,
+                                    self.reports / "frontier" / "keys" / slug(label) / set_name,
+                                    data_root=self.data_root, seed=self.run_config(setting).train.seed,
+                                    verify=self.run_config(setting).data.verify)
 
     def score_frontier_run(self, run: dict, spec: ModelSpec) -> list[dict]:
         """One trained frontier run on each test set: PSNR/SSIM (``validate``'s scoring), open keys per query per
