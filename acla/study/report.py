@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from acla.config import PROFILES
@@ -139,12 +140,49 @@ FRONTIER_COLUMNS = {"iterations": ("iterations", 0, False), "variant": ("point",
                     "n_seeds": ("seeds", 0, False), "psnr_mean": ("PSNR", 4, False), "psnr_std": ("± std", 4, False),
                     "open_keys_mean": ("open keys / query", 2, False), "keys_per_query": ("of", 1, False),
                     "mode_share_max_mean": ("mode share (max)", 2, False), "gflops_mean": ("GFLOPs", 3, False),
+                    "adaptive_modules_mean": ("modules adapting", 1, False), "modules": ("of", 0, False),
+                    "val_psnr_mean": ("val PSNR", 4, False),
                     "gates_moving": ("gates still moving", 0, False), "psnr_per_seed": ("PSNR per seed", 0, False)}
 FRONTIER_NOTE = ("Open keys: ACLA's per query on the test images with inference's gates, mean over the modules and the "
                  "seeds (CLA: every key, R K; backbone: none). Mode share: the share of queries at a module's most "
                  "common count, the largest over the modules (1: no query differs from another). GFLOPs at inference "
                  "with closed keys skipped (`acla.engine.efficiency.flops_with_closed_keys_skipped`). Gates still "
-                 "moving: some module's open keys changed by more than 0.05 between the last two validations.\n\n")
+                 "moving: some module's open keys changed by more than 0.05 between the last two validations. Modules adapting: "
+                 "those where no open-key count holds more than 80 % of the queries and the mean lies between 10 % and "
+                 "90 % of R K (issue #28's test), mean over seeds.\n\n")
+
+
+def frontier_sentence(frontier: pd.DataFrame) -> str:
+    """The frontier's answer in words, per budget: at which lambda_k (if any) the gates adapt, and the ACLA point
+    chosen on the validation set against CLA K=9 on the last test set, with the standard error of the difference."""
+    if frontier.empty or "adaptive_modules_mean" not in frontier:
+        return ""
+    sentences = []
+    for iterations, data in frontier.groupby("iterations", sort=False):
+        test = data.set.iloc[-1]
+        acla = data[(data.attention == "acla") & (data.set == test)].sort_values("key_budget_weight")
+        if acla.empty:
+            continue
+        adapting = acla[acla.adaptive_modules_mean >= acla.modules / 2]
+        points = "; ".join(f"λk={r.key_budget_weight:g}: {r.open_keys_mean:.2f} of {r.keys_per_query:.1f} keys, "
+                           f"{r.adaptive_modules_mean:.1f}/{int(r.modules)} modules adapting, mode share up to "
+                           f"{r.mode_share_max_mean:.2f}" for r in acla.itertuples())
+        verdict = (f"the gates adapt at λk = {', '.join(f'{w:g}' for w in adapting.key_budget_weight)}" if len(adapting)
+                   else "the gates adapt at no λk tried (in fewer than half the modules)")
+        chosen = acla.loc[acla.val_psnr_mean.idxmax()]
+        text = (f"Accuracy against keys, {int(iterations)} iterations ({test}): {verdict} ({points}). Chosen on the "
+                f"validation set: λk={chosen.key_budget_weight:g}, {test} PSNR {chosen.psnr_mean:.3f} ± "
+                f"{chosen.psnr_std:.3f} with {chosen.open_keys_mean:.2f} keys per query")
+        cla = data[(data.variant == "cla K=9") & (data.set == test)]
+        if len(cla):
+            cla = cla.iloc[0]
+            delta = chosen.psnr_mean - cla.psnr_mean
+            se = np.sqrt(chosen.psnr_std ** 2 / chosen.n_seeds + cla.psnr_std ** 2 / cla.n_seeds)
+            text += (f", against CLA K=9's {cla.psnr_mean:.3f} ± {cla.psnr_std:.3f} with {cla.keys_per_query:.1f}: "
+                     f"Δ {delta:+.3f} ± {se:.3f} dB ({'exceeds' if abs(delta) > 2 * se else 'within'} twice its "
+                     "standard error)")
+        sentences.append(text + ".\n")
+    return "".join(sentences)
 
 
 def budget_sentence(task_dir: Path) -> str:
@@ -399,6 +437,7 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
             drawn[f"accuracy against keys {name}"] = draw.accuracy_against_keys(frontier,
                                                                                figures / f"frontier_{name}.png")
             links += f"; frontier: [`{link(tables / f'{name}_frontier.md')}`]({link(tables / f'{name}_frontier.md')})"
+            parts.append(frontier_sentence(frontier))
             for folder in sorted((task_dir / "frontier" / "keys").glob("*/*/")):
                 drawn[f"keys of {folder.parent.name} on {folder.name}"] = draw.key_maps(
                     folder, figures / f"keys_{folder.parent.name}_{folder.name}.png")

@@ -95,6 +95,13 @@ def frontier_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[
     return specs
 
 
+def adaptive(stats: dict[str, float], block: int, keys_per_query: int) -> bool:
+    """Issue #28's test of one ACLA module on a test set: no open-key count holds more than 80 % of the queries,
+    and the mean lies between 10 % and 90 % of its R K keys (a CLA module, without gate statistics, never is)."""
+    share, mean = stats.get(f"gates/block{block}/mode_share"), stats.get(f"gates/block{block}/open_mean")
+    return share is not None and share <= 0.8 and 0.1 * keys_per_query <= mean <= 0.9 * keys_per_query
+
+
 def describe(spec: ModelSpec) -> dict:
     """The columns that tell variants apart in the tables."""
     insert = spec.insert if isinstance(spec.insert, str) else " ".join(map(str, spec.insert))
@@ -278,10 +285,9 @@ class TaskStudy:
 
     def frontier(self) -> pd.DataFrame:
         """The accuracy-against-keys frontier (``frontier`` section; issue #28): every point of ``frontier_specs``,
-        every seed of ``frontier.seeds``, a whole schedule per budget of ``frontier.budgets``, each scored on
-        ``frontier.test_sets`` with ACLA's open keys per query counted there (deterministic gates) and the
-        inference FLOPs at ``efficiency.input_size`` with closed keys skipped. ``frontier/frontier.csv`` (one row
-        per run and test set), ``frontier/curves.csv`` (the gate diagnostics while training)."""
+        every seed of ``frontier.seeds``, a whole schedule per budget of ``frontier.budgets`` (``frontier/runs.csv``,
+        ``frontier/curves.csv`` with the gate diagnostics while training), then ``score_frontier`` and
+        ``frontier_keys``."""
         frontier = self.config.frontier
         if not self.settings or not frontier.enabled:
             return self.skip("frontier")
@@ -292,12 +298,23 @@ class TaskStudy:
             specs_of = lambda setting: frontier_specs(self.config, setting, self.searched(setting))  # noqa: E731
             labels = list(dict.fromkeys(label for setting in self.settings for label in specs_of(setting)))
             fitted, drawn = self._fit(f"frontier/it{iterations}", labels, frontier.seeds, iterations, specs_of)
+            rows += fitted
             curves += [frame.assign(iterations=iterations) for frame in drawn]
-            for run in fitted:
-                rows += self.score_frontier_run(run, specs_of(run["setting"])[run["variant"]])
+        write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), self.reports / "frontier" / "curves.csv")
+        write_csv(pd.DataFrame(rows), self.reports / "frontier" / "runs.csv")
+        table = self.score_frontier()
         self.frontier_keys()
         save_provenance(self, "frontier", time.perf_counter() - start)
-        write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), self.reports / "frontier" / "curves.csv")
+        return table
+
+    def score_frontier(self) -> pd.DataFrame:
+        """Every run of ``frontier/runs.csv`` on each of ``frontier.test_sets`` (``score_frontier_run``):
+        ``frontier/frontier.csv``, one row per run and test set. Runs again on the saved checkpoints alone."""
+        runs = pd.read_csv(self.reports / "frontier" / "runs.csv")
+        rows = []
+        for run in runs.to_dict(orient="records"):
+            spec = frontier_specs(self.config, run["setting"], self.searched(run["setting"]))[run["variant"]]
+            rows += self.score_frontier_run(run, spec)
         return write_csv(pd.DataFrame(rows), self.reports / "frontier" / "frontier.csv")
 
     def frontier_keys(self) -> None:
@@ -343,6 +360,10 @@ class TaskStudy:
                          "open_keys": float(np.mean(list(open_keys.values()))) if open_keys else 0.0,
                          "keys_per_query": float(np.mean(list(keys_per_query.values()))) if keys_per_query else 0.0,
                          "open_keys_by_block": " ".join(f"{b}:{v:.2f}/{keys_per_query[b]}" for b, v in open_keys.items()),
+                         "mode_share_by_block": " ".join(f"{b}:{stats[f'gates/block{b}/mode_share']:.3f}" for b
+                                                         in open_keys if f"gates/block{b}/mode_share" in stats),
+                         "adaptive_modules": sum(adaptive(stats, block, keys_per_query[block]) for block in open_keys),
+                         "modules": len(open_keys),
                          "mode_share_min": min((v for k, v in stats.items() if k.endswith("mode_share")), default=float("nan")),
                          "mode_share_max": max((v for k, v in stats.items() if k.endswith("mode_share")), default=float("nan")),
                          "gflops": flops / 1e9, "flops_input": "x".join(map(str, self.config.efficiency.input_size)),

@@ -341,11 +341,13 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     runs = pd.read_csv(path)
     if runs.empty:
         return runs
-    table = seed_spread(runs, ["setting", "iterations", "variant", "set"],
-                        ["psnr", "ssim", "open_keys", "gflops", "mode_share_max"])
+    values = ["psnr", "ssim", "val_psnr", "open_keys", "gflops", "mode_share_max"]
+    values += [column for column in ("adaptive_modules",) if column in runs]
+    table = seed_spread(runs, ["setting", "iterations", "variant", "set"], values)
+    extra = {"modules": ("modules", "first")} if "modules" in runs else {}
     table = table.merge(runs.groupby(["setting", "iterations", "variant"], sort=False).agg(
         attention=("attention", "first"), num_keys=("num_keys", "first"), key_budget_weight=("key_budget_weight", "first"),
-        keys_per_query=("keys_per_query", "first")).reset_index(), on=["setting", "iterations", "variant"])
+        keys_per_query=("keys_per_query", "first"), **extra).reset_index(), on=["setting", "iterations", "variant"])
     moving = gates_moving(task_dir / "frontier" / "curves.csv")
     table["gates_moving"] = [moving.get((s, i, v), "") for s, i, v in zip(table.setting, table.iterations, table.variant)]
     return table
