@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +58,8 @@ def atomic_save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
     figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
     os.replace(temporary, path)
     return path
+
+
+def slug(label: str) -> str:
+    """A file or folder name for a label (``acla K=4`` -> ``acla_K4``, ``acla lk=0.001`` -> ``acla_lk0_001``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", label.replace("=", "")).strip("_")

@@ -34,6 +34,7 @@ import torch
 
 from acla.config import load_config
 from acla.data.sets import resolve_data_root
+from acla.files import slug
 from acla.gpu_check.correctness import correctness, correctness_notes
 from acla.gpu_check.learning import LearningRun, learning_config, learning_specs
 from acla.gpu_check.plan import FULL, TINY, Budget, process_age_seconds
@@ -68,8 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def device_slug(device: torch.device) -> str:
-    from acla.study.steps import slug
-
     return slug(device_name(device) if device.type == "cuda" else f"cpu {cpu_model()}").lower()
 
 

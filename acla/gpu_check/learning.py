@@ -18,6 +18,7 @@ from acla.config import Config, load_config
 from acla.data.sets import available_sets
 from acla.engine.efficiency import median_seconds
 from acla.engine.train import ModelSpec
+from acla.files import slug
 from acla.gpu_check.plan import LOOP_OVERHEAD_S, SAFETY, TASK, WRITE_RESERVE_S, Budget, Plan
 from acla.gpu_check.speed import training_step
 from acla.tasks import parse_task
@@ -126,8 +127,6 @@ class LearningRun:
     def train_and_score(self, label: str, spec: ModelSpec, iterations: int, scratch: Path) -> list[dict]:
         from acla.engine.evaluate import Inference, evaluate
         from acla.engine.train import load_model, train
-        from acla.study.steps import slug
-
         settings = replace(self.config.train, iterations=iterations, validate_every=iterations,
                            checkpoint_every=iterations)
         start = time.perf_counter()

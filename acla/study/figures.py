@@ -215,12 +215,14 @@ def training_curves(study: Path, path: Path) -> Path | None:
     return _save(grid.figure, path)
 
 
-def gate_diagnostics(curves_csv: Path, path: Path) -> Path | None:
+def gate_diagnostics(curves_csv: Path, path: Path, variant: str | None = None) -> Path | None:
     """What ACLA's gates did while one setting trained (``acla.engine.gates``, logged at every validation), mean over
     seeds: open keys per query on the validation images (band: ± 1 std across queries), the share of the queries at
     the most common count (1: no query differs from another), and the gradient norm on the gate head from the
     reconstruction loss and from the key budget (log scale)."""
     curves = pd.read_csv(curves_csv) if curves_csv.is_file() else pd.DataFrame()
+    if variant is not None and len(curves):  # one model of several (the frontier's points)
+        curves = curves[curves.variant == variant]
     gates = curves[curves.metric.str.startswith("gates/")] if len(curves) else curves
     if gates.empty:
         return None
@@ -250,7 +252,7 @@ def gate_diagnostics(curves_csv: Path, path: Path) -> Path | None:
     axes[2].set(xlabel="iteration", yscale="log")
     axes[2].set_title("gradient norm on the gate head W_m\n(solid: reconstruction, dashed: key budget)", fontsize=10)
     axes[0].legend(fontsize=7)
-    setting = curves_csv.parent.parent.name
+    setting = curves_csv.parent.parent.name + (f", {variant}" if variant else "")
     figure.suptitle(f"ACLA's gates while training ({setting}; mean over seeds)", y=1.04)
     figure.tight_layout()
     return _save(figure, path)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from acla.config import PROFILES
-from acla.files import atomic_write_text
+from acla.files import atomic_write_text, slug
 from acla.study import figures as draw
 from acla.study.tables import (
     NETWORKS,
@@ -164,9 +164,10 @@ def frontier_sentence(frontier: pd.DataFrame) -> str:
         if acla.empty:
             continue
         adapting = acla[acla.adaptive_modules_mean >= acla.modules / 2]
-        points = "; ".join(f"λk={r.key_budget_weight:g}: {r.open_keys_mean:.2f} of {r.keys_per_query:.1f} keys, "
+        points = "; ".join(f"λk={r.key_budget_weight:g}: {r.open_keys_mean:.2f} of {r.keys_per_query:.2f} keys, "
                            f"{r.adaptive_modules_mean:.1f}/{int(r.modules)} modules adapting, mode share up to "
-                           f"{r.mode_share_max_mean:.2f}" for r in acla.itertuples())
+                           f"{r.mode_share_max_mean:.2f}" + (", gates still moving" if r.gates_moving == "yes" else "")
+                           for r in acla.itertuples())
         verdict = (f"the gates adapt at λk = {', '.join(f'{w:g}' for w in adapting.key_budget_weight)}" if len(adapting)
                    else "the gates adapt at no λk tried (in fewer than half the modules)")
         chosen = acla.loc[acla.val_psnr_mean.idxmax()]
@@ -178,7 +179,7 @@ def frontier_sentence(frontier: pd.DataFrame) -> str:
             cla = cla.iloc[0]
             delta = chosen.psnr_mean - cla.psnr_mean
             se = np.sqrt(chosen.psnr_std ** 2 / chosen.n_seeds + cla.psnr_std ** 2 / cla.n_seeds)
-            text += (f", against CLA K=9's {cla.psnr_mean:.3f} ± {cla.psnr_std:.3f} with {cla.keys_per_query:.1f}: "
+            text += (f", against CLA K=9's {cla.psnr_mean:.3f} ± {cla.psnr_std:.3f} with {cla.keys_per_query:.2f}: "
                      f"Δ {delta:+.3f} ± {se:.3f} dB ({'exceeds' if abs(delta) > 2 * se else 'within'} twice its "
                      "standard error)")
         sentences.append(text + ".\n")
@@ -438,6 +439,9 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
                                                                                figures / f"frontier_{name}.png")
             links += f"; frontier: [`{link(tables / f'{name}_frontier.md')}`]({link(tables / f'{name}_frontier.md')})"
             parts.append(frontier_sentence(frontier))
+            for variant in frontier[frontier.attention == "acla"].variant.unique():
+                drawn[f"gates while training {name}, {variant}"] = draw.gate_diagnostics(
+                    task_dir / "frontier" / "curves.csv", figures / f"gates_{name}_{slug(variant)}.png", variant)
             for folder in sorted((task_dir / "frontier" / "keys").glob("*/*/")):
                 drawn[f"keys of {folder.parent.name} on {folder.name}"] = draw.key_maps(
                     folder, figures / f"keys_{folder.parent.name}_{folder.name}.png")

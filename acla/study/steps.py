@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,17 +34,12 @@ from acla.data.sets import resolve_data_root
 from acla.engine.efficiency import flops_with_closed_keys_skipped
 from acla.engine.gates import OpenKeyTally, gated_modules
 from acla.engine.train import Distributed, ModelSpec, load_model, train, validate
-from acla.files import atomic_write_text
+from acla.files import atomic_write_text, slug
 from acla.models.backbones import BACKBONES, insertion_locations
 from acla.provenance import run_record
 from acla.study.keys import key_maps_report
 from acla.study.tables import seed_spread
 from acla.tasks import parse_task
-
-
-def slug(variant: str) -> str:
-    """A folder name for a variant label (``acla K=4`` -> ``acla_K4``)."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", variant.replace("=", "")).strip("_")
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
