@@ -139,13 +139,14 @@ ABLATION_COLUMNS = {"setting": ("setting", 0, False), "variant": ("variant", 0, 
 FRONTIER_COLUMNS = {"iterations": ("iterations", 0, False), "variant": ("point", 0, False), "set": ("test set", 0, False),
                     "n_seeds": ("seeds", 0, False), "psnr_mean": ("PSNR", 4, False), "psnr_std": ("± std", 4, False),
                     "open_keys_mean": ("open keys / query", 2, False), "keys_per_query": ("of", 1, False),
-                    "mode_share_max_mean": ("mode share (max)", 2, False), "gflops_mean": ("GFLOPs", 3, False),
+                    "mode_share_min_mean": ("mode share (min)", 2, False),
+                    "mode_share_max_mean": ("(max)", 2, False), "gflops_mean": ("GFLOPs", 3, False),
                     "adaptive_modules_mean": ("modules adapting", 1, False), "modules": ("of", 0, False),
                     "val_psnr_mean": ("val PSNR", 4, False),
                     "gates_moving": ("gates still moving", 0, False), "psnr_per_seed": ("PSNR per seed", 0, False)}
 FRONTIER_NOTE = ("Open keys: ACLA's per query on the test images with inference's gates, mean over the modules and the "
                  "seeds (CLA: every key, R K; backbone: none). Mode share: the share of queries at a module's most "
-                 "common count, the largest over the modules (1: no query differs from another). GFLOPs at inference "
+                 "common count, the smallest and the largest over the modules (1: no query differs from another). GFLOPs at inference "
                  "with closed keys skipped (`acla.engine.efficiency.flops_with_closed_keys_skipped`). Gates still "
                  "moving: some module's open keys changed by more than 0.05 between the last two validations. Modules adapting: "
                  "those where no open-key count holds more than 80 % of the queries and the mean lies between 10 % and "

@@ -332,7 +332,8 @@ def markdown(frame: pd.DataFrame, columns: dict[str, tuple[str, int, bool]]) -> 
 def frontier_table(task_dir: Path) -> pd.DataFrame:
     """The accuracy-against-keys frontier (``frontier/frontier.csv``): per setting, budget, point and test set the
     PSNR as mean ± std over seeds (per-seed values kept), ACLA's open keys per query (mean over the modules; CLA
-    keeps every key), the share of queries at each module's most common count (the largest over the modules) and
+    keeps every key), the share of queries at each module's most common count (the smallest and the largest over
+    the modules) and
     the inference GFLOPs with closed keys skipped; ``gates_moving`` says whether an ACLA point's open keys still
     changed over the last two validations of its training (then its point is a transient, not a converged one)."""
     path = task_dir / "frontier" / "frontier.csv"
@@ -341,7 +342,7 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     runs = pd.read_csv(path)
     if runs.empty:
         return runs
-    values = ["psnr", "ssim", "val_psnr", "open_keys", "gflops", "mode_share_max"]
+    values = ["psnr", "ssim", "val_psnr", "open_keys", "gflops", "mode_share_min", "mode_share_max"]
     values += [column for column in ("adaptive_modules",) if column in runs]
     table = seed_spread(runs, ["setting", "iterations", "variant", "set"], values)
     extra = {"modules": ("modules", "first")} if "modules" in runs else {}
