@@ -34,13 +34,10 @@ def query_points(height: int, width: int, count: int = 4) -> list[tuple[int, int
 
 
 @torch.no_grad()
-def inspect_keys(model: torch.nn.Module, x: torch.Tensor, points: list[tuple[int, int]] | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(open-key counts per query and block, sampled keys of a few queries) for one input ``x`` (1, C, H, W).
-
-    The first frame has one row per (block, number of open keys) with the number of queries; the second
-    one row per (block, query, reference, key) with the key's position in pixels and whether it was open.
-    """
+def query_maps(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[int, SampledCrossLayerAttention],
+                                                                   dict[int, torch.Tensor]]:
+    """One inference pass of ``model`` (eval) on ``x``: its CLA/ACLA modules by block, and the query map each received
+    (a forward pre-hook); each module's last-call statistics (``open_key_counts``) are then this pass's."""
     model.eval()
     modules = acla_modules(model)
     queries: dict[int, torch.Tensor] = {}
@@ -51,6 +48,18 @@ def inspect_keys(model: torch.nn.Module, x: torch.Tensor, points: list[tuple[int
     finally:
         for handle in handles:
             handle.remove()
+    return modules, queries
+
+
+@torch.no_grad()
+def inspect_keys(model: torch.nn.Module, x: torch.Tensor, points: list[tuple[int, int]] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(open-key counts per query and block, sampled keys of a few queries) for one input ``x`` (1, C, H, W).
+
+    The first frame has one row per (block, number of open keys) with the number of queries; the second
+    one row per (block, query, reference, key) with the key's position in pixels and whether it was open.
+    """
+    modules, queries = query_maps(model, x)
     counts, keys = [], []
     for block, module in modules.items():
         query = queries[block]
@@ -131,16 +140,7 @@ def key_maps_report(model: torch.nn.Module, setting: str, set_name: str, out_dir
     name = image_set.image_names()[image_index]
     _, degraded = task.benchmark_pair(image_set.read(image_index), set_name, name, seed)
     device = next(model.parameters()).device
-    model.eval()
-    modules = acla_modules(model)
-    queries: dict[int, torch.Tensor] = {}
-    handles = [module.register_forward_pre_hook(lambda m, args, block=block: queries.__setitem__(block, args[0]))
-               for block, module in modules.items()]
-    try:
-        model(network_input(degraded, task.channels)[None].to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    modules, queries = query_maps(model, network_input(degraded, task.channels)[None].to(device))
     points = query_kinds(degraded)
     maps, keys = {}, []
     for block, module in modules.items():
