@@ -198,18 +198,19 @@ def profile(
     )
 
 
-def flops_with_closed_keys_skipped(model: torch.nn.Module, input_shape: tuple[int, ...],
-                                   open_keys: dict[int, float]) -> int:
-    """Forward FLOPs of ``model`` at inference (eval, no autograd) on an input of ``input_shape`` when each ACLA module
-    (by block index) reads ``open_keys[block]`` keys per query on average, as its open-key walk does: the counted
-    FLOPs, which charge every key (``acla::attend_open``'s formula), less what a closed key would have cost per query:
-    its offsets and logit (2 C x 3), its four taps (2 x 4 C) and its softmax term (5), C the references' channels."""
+def inference_flops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs of ``model`` at inference (eval, no autograd) on an input of ``input_shape``. ACLA's open-key
+    walk is charged for every key (``acla::attend_open``'s formula); ``closed_key_flops`` says what closed keys save."""
     model = model.eval()
     x = torch.zeros(input_shape, device=next(model.parameters()).device)
     with torch.no_grad():
-        total = count_flops(lambda: model(x))
+        return count_flops(lambda: model(x))
+
+
+def closed_key_flops(model: torch.nn.Module, input_shape: tuple[int, ...], open_keys: dict[int, float]) -> int:
+    """What ``inference_flops`` charges for keys the open-key walk skips, when each ACLA module (by block index) reads
+    ``open_keys[block]`` keys per query on average: per closed key and query, its offsets and logit (2 C x 3), its
+    four taps (2 x 4 C) and its softmax term (5), C the references' channels."""
     queries = input_shape[-2] * input_shape[-1]
-    for block, module in gated_modules(model).items():
-        channels = module.value.in_channels
-        total -= round(queries * (module.keys_per_query - open_keys[block]) * (14 * channels + 5))
-    return int(total)
+    return sum(round(queries * (module.keys_per_query - open_keys[block]) * (14 * module.value.in_channels + 5))
+               for block, module in gated_modules(model).items())

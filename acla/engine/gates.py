@@ -23,11 +23,15 @@ import torch.nn.functional as F
 from acla.models.attention import SampledCrossLayerAttention
 
 
-def gated_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
-    """Block index -> ACLA module (gated ``SampledCrossLayerAttention``) of a ``RestorationNet``; empty without any."""
+def sampled_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
+    """Block index -> CLA/ACLA module (``SampledCrossLayerAttention``) of a ``RestorationNet``; empty without any."""
     attention = getattr(model, "attention", {})
-    return {int(name): module for name, module in attention.items()
-            if isinstance(module, SampledCrossLayerAttention) and module.adaptive}
+    return {int(name): module for name, module in attention.items() if isinstance(module, SampledCrossLayerAttention)}
+
+
+def gated_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
+    """Block index -> ACLA module (the gated ones of ``sampled_modules``)."""
+    return {block: module for block, module in sampled_modules(model).items() if module.adaptive}
 
 
 class OpenKeyTally:

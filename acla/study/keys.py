@@ -15,15 +15,11 @@ import pandas as pd
 import torch
 
 from acla.data import open_set
+from acla.engine.gates import sampled_modules
 from acla.files import atomic_open, atomic_write_text
 from acla.images import network_input, to_uint8
 from acla.models.attention import SampledCrossLayerAttention
 from acla.tasks import parse_task
-
-
-def acla_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
-    """Block index -> ACLA/CLA module of a ``RestorationNet``."""
-    return {int(name): module for name, module in model.attention.items() if isinstance(module, SampledCrossLayerAttention)}
 
 
 def query_points(height: int, width: int, count: int = 4) -> list[tuple[int, int]]:
@@ -39,7 +35,7 @@ def query_maps(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[int, Sampl
     """One inference pass of ``model`` (eval) on ``x``: its CLA/ACLA modules by block, and the query map each received
     (a forward pre-hook); each module's last-call statistics (``open_key_counts``) are then this pass's."""
     model.eval()
-    modules = acla_modules(model)
+    modules = sampled_modules(model)
     queries: dict[int, torch.Tensor] = {}
     handles = [module.register_forward_pre_hook(lambda m, args, block=block: queries.__setitem__(block, args[0]))
                for block, module in modules.items()]

@@ -147,7 +147,7 @@ FRONTIER_COLUMNS = {"iterations": ("iterations", 0, False), "variant": ("point",
 FRONTIER_NOTE = ("Open keys: ACLA's per query on the test images with inference's gates, mean over the modules and the "
                  "seeds (CLA: every key, R K; backbone: none). Mode share: the share of queries at a module's most "
                  "common count, the smallest and the largest over the modules (1: no query differs from another). GFLOPs at inference "
-                 "with closed keys skipped (`acla.engine.efficiency.flops_with_closed_keys_skipped`). Gates still "
+                 "with closed keys skipped (`acla.engine.efficiency.inference_flops` less `closed_key_flops`). Gates still "
                  "moving: some module's open keys changed by more than 0.05 between the last two validations. Modules adapting: "
                  "those where no open-key count holds more than 80 % of the queries and the mean lies between 10 % and "
                  "90 % of R K (issue #28's test), mean over seeds.\n\n")

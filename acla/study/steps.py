@@ -8,6 +8,7 @@ for a profile, and runs its steps over every setting of that task (``sr_x2``, ``
 - ``evaluate``   both, and the classical rows, on the test sets; what ACLA's gates and offsets did;
 - ``ablate``     the variants of spec section 5 at the same budget (modules, K, insertion);
 - ``efficiency`` parameters, FLOPs, peak memory and latency of every variant.
+- ``frontier``   accuracy against keys per query: ACLA at several lambda_k, CLA at several K (issue #28).
 
 Outputs that the report reads are small CSV/JSON files under ``reports/study/<profile>/<task>/<step>/``;
 checkpoints go to ``runs/<profile>/<task>/<step>/<setting>/<variant>/seed<k>/`` and training resumes from them
@@ -31,8 +32,8 @@ import torch
 from acla.config import Study, TaskConfig, load_study
 from acla.data import open_set
 from acla.data.sets import resolve_data_root
-from acla.engine.efficiency import flops_with_closed_keys_skipped
-from acla.engine.gates import OpenKeyTally, gated_modules
+from acla.engine.efficiency import closed_key_flops, inference_flops
+from acla.engine.gates import OpenKeyTally, gated_modules, sampled_modules
 from acla.engine.train import Distributed, ModelSpec, load_model, train, validate
 from acla.files import atomic_write_text, slug
 from acla.models.backbones import BACKBONES, insertion_locations
@@ -164,6 +165,9 @@ class TaskStudy:
     def variants(self, setting: str) -> dict[str, ModelSpec]:
         return variant_specs(self.config, setting, self.searched(setting))
 
+    def frontier_points(self, setting: str) -> dict[str, ModelSpec]:
+        return frontier_specs(self.config, setting, self.searched(setting))
+
     def skip(self, step: str) -> pd.DataFrame:
         """A profile that lists no setting (or no frontier point) for this task: the step writes only
         ``provenance.json`` (saying so), the empty checkpoint folder and metrics file DVC expects, and no table the
@@ -287,11 +291,11 @@ class TaskStudy:
             return self.skip("frontier")
         start = time.perf_counter()
         rows, curves = [], []
+        labels = list(dict.fromkeys(label for setting in self.settings for label in self.frontier_points(setting)))
         for budget in frontier.budgets:
             iterations = budget or self.config.train.iterations
-            specs_of = lambda setting: frontier_specs(self.config, setting, self.searched(setting))  # noqa: E731
-            labels = list(dict.fromkeys(label for setting in self.settings for label in specs_of(setting)))
-            fitted, drawn = self._fit(f"frontier/it{iterations}", labels, frontier.seeds, iterations, specs_of)
+            fitted, drawn = self._fit(f"frontier/it{iterations}", labels, frontier.seeds, iterations,
+                                      self.frontier_points)
             rows += fitted
             curves += [frame.assign(iterations=iterations) for frame in drawn]
         write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), self.reports / "frontier" / "curves.csv")
@@ -307,8 +311,7 @@ class TaskStudy:
         runs = pd.read_csv(self.reports / "frontier" / "runs.csv")
         rows = []
         for run in runs.to_dict(orient="records"):
-            spec = frontier_specs(self.config, run["setting"], self.searched(run["setting"]))[run["variant"]]
-            rows += self.score_frontier_run(run, spec)
+            rows += self.score_frontier_run(run, self.frontier_points(run["setting"])[run["variant"]])
         return write_csv(pd.DataFrame(rows), self.reports / "frontier" / "frontier.csv")
 
     def frontier_keys(self) -> None:
@@ -317,8 +320,7 @@ class TaskStudy:
         frontier = self.config.frontier
         iterations = max(budget or self.config.train.iterations for budget in frontier.budgets)
         for setting in self.settings:
-            specs = frontier_specs(self.config, setting, self.searched(setting))
-            for label, spec in specs.items():
+            for label, spec in self.frontier_points(setting).items():
                 if spec.attention != "acla":
                     continue
                 checkpoint = self.run_dir(f"frontier/it{iterations}", setting, label, frontier.seeds[0]) / "last.pt"
@@ -336,8 +338,9 @@ class TaskStudy:
         model = model.to(self.device).eval()
         task = parse_task(run["setting"])
         config = self.run_config(run["setting"])
-        keys_per_query = {int(name): module.keys_per_query for name, module in model.attention.items()
-                          if hasattr(module, "keys_per_query")}
+        keys_per_query = {block: module.keys_per_query for block, module in sampled_modules(model).items()}
+        input_shape = (1, task.channels, *self.config.efficiency.input_size)
+        counted = inference_flops(model, input_shape)  # every key charged; the open keys depend on the test set
         rows = []
         for name in self.config.frontier.test_sets:
             image_set = open_set(name, self.data_root, verify=config.data.verify, crop=config.evaluate.crop)
@@ -346,8 +349,7 @@ class TaskStudy:
             stats = tally.statistics()
             open_keys = {block: stats.get(f"gates/block{block}/open_mean", float(keys)) for block, keys
                          in keys_per_query.items()}
-            input_shape = (1, task.channels, *self.config.efficiency.input_size)
-            flops = flops_with_closed_keys_skipped(model, input_shape, open_keys)
+            flops = counted - closed_key_flops(model, input_shape, open_keys)
             rows.append({**{k: run[k] for k in ("setting", "variant", "seed", "attention", "num_keys", "iterations")},
                          "key_budget_weight": spec.key_budget_weight if spec.attention == "acla" else float("nan"),
                          "set": image_set.label, "psnr": psnr, "ssim": ssim, "val_psnr": run["val_psnr"],
