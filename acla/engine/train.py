@@ -460,7 +460,8 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         if cuda and settings.channels_last:
             degraded = degraded.contiguous(memory_format=torch.channels_last)
         loss = train_step(forward, optimizer, modules, degraded, target, autocast)
-        open_keys = [float(m.open_keys) for m in modules]  # this step's, before validation's calls replace them
+        # this step's open keys, read before validation's calls replace them (and only where they are logged)
+        open_keys = [float(m.open_keys) for m in modules] if live is not None else []
         scheduler.step()
         if ema is not None:
             ema.update(model)
