@@ -25,9 +25,11 @@ import yaml
 
 # ci: the size the notebooks default to, so nbval runs each in seconds; smoke: the default study (CPU,
 # minutes, a pipeline check); cpu: learned results on the real benchmarks in at most 90 minutes on 2 cores;
-# gpu: one GPU, a few minutes a task; paper: the schedule of spec.md section 6. Listed from the most
-# informative to the least: the front page of reports/ shows the profiles present in this order.
-PROFILES = ("paper", "gpu", "cpu", "smoke", "ci")
+# cpu-gates: SR x2 at the cpu profile's scale, ACLA's gates (the accuracy-against-keys frontier and the remedies,
+# issue #28), in at most 90 minutes too; gpu: one GPU, a few minutes a task; paper: the schedule of spec.md
+# section 6. Listed from the most informative to the least: the front page of reports/ shows the profiles present
+# in this order.
+PROFILES = ("paper", "gpu", "cpu", "cpu-gates", "smoke", "ci")
 TASKS = ("sr", "denoise", "demosaic", "jpeg")
 
 
@@ -116,8 +118,12 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False
     num_workers: int = 0
-    temperature_start: float = 1.0  # (S6) Gumbel-sigmoid tau, annealed geometrically
+    temperature_start: float = 1.0  # (S6) Gumbel-sigmoid tau, annealed geometrically (spec: 1 to 0.1)
     temperature_end: float = 0.1
+    # ACLA's gate head (issue #28's remedies; the defaults are the spec's recipe, anything else a labelled departure)
+    gate_bias: float = 2.0  # initial bias of the gate logits W_m (not in the spec: ours, sigmoid(2) = 0.88 open)
+    gate_learning_rate: float = 0.0  # Adam's learning rate for W_m; 0: learning_rate (spec: one optimiser)
+    straight_through: bool = True  # (S6) hard 0/1 gates forward, relaxed gradient; False: the relaxed gates forward
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "patch_size", "validate_every", "checkpoint_every", "samples_per_epoch"):
@@ -134,6 +140,14 @@ class TrainConfig:
                              f"({self.batch_size})")
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("train.temperature_end must be in (0, temperature_start]")
+        if self.gate_learning_rate < 0:
+            raise ValueError(f"train.gate_learning_rate must be >= 0 (0: train.learning_rate), got {self.gate_learning_rate}")
+
+    def departures(self) -> dict[str, object]:
+        """The gate options that differ from the spec's recipe (the defaults): name -> value."""
+        recipe = TrainConfig()
+        names = ("temperature_start", "temperature_end", "gate_bias", "gate_learning_rate", "straight_through")
+        return {name: getattr(self, name) for name in names if getattr(self, name) != getattr(recipe, name)}
 
 
 @dataclass(frozen=True)
@@ -225,6 +239,31 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
+class Remedy:
+    """One attempt to make ACLA's gates adapt (issue #28): ACLA at ``key_budget_weight`` trained with the gate
+    options of ``TrainConfig`` given here (None: the profile's own), a departure from the spec's recipe."""
+
+    name: str
+    key_budget_weight: float = 0.0
+    gate_bias: float | None = None
+    gate_learning_rate: float | None = None
+    temperature_start: float | None = None
+    temperature_end: float | None = None
+    straight_through: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("frontier.remedies: every remedy needs a name")
+        if self.key_budget_weight < 0:
+            raise ValueError(f"frontier.remedies.{self.name}: key_budget_weight must be >= 0")
+
+    def train_overrides(self) -> dict[str, object]:
+        """The ``TrainConfig`` fields this remedy sets."""
+        names = ("gate_bias", "gate_learning_rate", "temperature_start", "temperature_end", "straight_through")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
 class FrontierConfig:
     """Accuracy against keys per query (issue #28): ACLA at several key-budget weights lambda_k and CLA at several K,
     at the searched locations, beside the backbone, over seeds and whole schedules of one or more lengths, scored on
@@ -234,6 +273,8 @@ class FrontierConfig:
     cla_num_keys: tuple[int, ...] = ()  # K of each CLA point (spec section 5's K ablation)
     seeds: tuple[int, ...] = (0, 1)
     budgets: tuple[int, ...] = (0,)  # iterations of each whole schedule; 0: train.iterations
+    long_points: tuple[str, ...] = ()  # the points (labels) also trained at the budgets after the first
+    remedies: tuple[Remedy, ...] = ()  # departures from the recipe, each an ACLA point at the first budget
     test_sets: tuple[str, ...] = ("Set5", "B100")
     key_sets: tuple[str, ...] = ("Set14", "Urban100")  # the first image of each: ACLA's open-key maps and zoomed keys
 
@@ -245,10 +286,13 @@ class FrontierConfig:
         if not self.seeds or any(budget < 0 for budget in self.budgets) or not self.budgets:
             raise ValueError(f"frontier: seeds and budgets (>= 0) must not be empty, got {list(self.seeds)}, "
                              f"{list(self.budgets)}")
+        points = [(remedy.name, remedy.key_budget_weight) for remedy in self.remedies]
+        if len(set(points)) != len(points):
+            raise ValueError(f"frontier.remedies: two remedies share a name and key_budget_weight: {points}")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.budget_weights or self.cla_num_keys)
+        return bool(self.budget_weights or self.cla_num_keys or self.remedies)
 
 
 @dataclass(frozen=True)

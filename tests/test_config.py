@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import study_params
 
-from acla.config import PROFILES, ClassicalConfig, ConfigError, load_config, load_study
+from acla.config import (
+    PROFILES,
+    ClassicalConfig,
+    ConfigError,
+    FrontierConfig,
+    Remedy,
+    TrainConfig,
+    load_config,
+    load_study,
+)
 from acla.tasks import parse_task
 
 ROOT = Path(__file__).parents[1]
@@ -126,3 +136,15 @@ def test_gpu_patches_fit_the_smallest_training_image_of_the_data_root(data_root:
         assert task.train.patch_size <= min(sides), name
         for setting in task.settings:
             assert task.train.patch_size % parse_task(setting).scale == 0, setting
+
+
+def test_a_remedy_names_its_departures_from_the_spec_recipe() -> None:
+    remedy = Remedy("tau 1 fixed", key_budget_weight=3e-4, temperature_end=1.0, straight_through=False)
+    assert remedy.train_overrides() == {"temperature_end": 1.0, "straight_through": False}
+    train = replace(TrainConfig(), **remedy.train_overrides())
+    assert train.departures() == {"temperature_end": 1.0, "straight_through": False}
+    assert TrainConfig().departures() == {}  # the defaults are the recipe
+    with pytest.raises(ValueError, match="share a name"):
+        FrontierConfig(remedies=(Remedy("a", 1e-4), Remedy("a", 1e-4)))
+    with pytest.raises(ValueError, match="gate_learning_rate"):
+        TrainConfig(gate_learning_rate=-1.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from acla.engine.gates import OpenKeyTally, gate_gradients, gated_modules
+from acla.engine.gates import OpenKeyTally, configure_gates, gate_gradients, gated_modules, parameter_groups
 from acla.models import build_model
 
 
@@ -71,3 +71,48 @@ def test_without_a_budget_only_the_reconstruction_moves_the_gates() -> None:
     reconstruction = [value for name, value in metrics.items() if name.endswith("reconstruction_grad_norm")]
     assert budget and all(value == 0 for value in budget)
     assert any(value > 0 for value in reconstruction)
+
+
+def test_the_gate_options_set_the_bias_and_the_learning_rate_of_the_gate_head_only() -> None:
+    model = tiny_acla()
+    others = {name: p.detach().clone() for name, p in model.named_parameters() if ".gate." not in name}
+    configure_gates(model, gate_bias=0.0, straight_through=False)
+    modules = gated_modules(model)
+    assert all(torch.equal(m.gate.bias, torch.zeros_like(m.gate.bias)) and not m.straight_through
+               for m in modules.values())
+    assert all(torch.equal(p, others[name]) for name, p in model.named_parameters() if name in others)
+    assert len(parameter_groups(model, 0.0)) == 1  # the spec: one learning rate
+    rest, gates = parameter_groups(model, 1e-4)
+    assert gates["lr"] == 1e-4 and "lr" not in rest  # the optimiser's own for the rest
+    heads = {id(p) for m in modules.values() for p in m.gate.parameters()}
+    assert {id(p) for p in gates["params"]} == heads
+    assert len(rest["params"]) + len(gates["params"]) == len(list(model.parameters()))
+
+
+def test_relaxed_gates_forward_weigh_every_key_by_its_relaxed_gate() -> None:
+    """straight_through=False: the training forward uses sigmoid((s + n) / tau) itself (no key removed, counts
+    fractional) and the gradient is the relaxed gates' own; inference keeps the 0/1 gates."""
+    model = tiny_acla()
+    module = next(iter(gated_modules(model).values()))
+    scores = torch.randn(1, 2, 2, module.keys_per_query, requires_grad=True)
+    module.straight_through = False
+    torch.manual_seed(3)
+    relaxed = module.gate_values(scores)
+    torch.manual_seed(3)
+    assert torch.equal(relaxed, module.relaxed_gates(scores))
+    assert ((relaxed > 0) & (relaxed < 1)).any()
+    module.straight_through = True
+    torch.manual_seed(3)
+    hard = module.gate_values(scores)
+    assert set(hard.detach().unique().tolist()) <= {0.0, 1.0}
+    model.eval()
+    module.straight_through = False
+    assert set(module.gate_values(scores).detach().unique().tolist()) <= {0.0, 1.0}
+    model.train()
+    degraded = torch.rand(1, 3, 12, 12)
+    assert not module.runs_fused_walk(degraded, [degraded])  # the C++ walk's training gates are 0/1
+    output = model(degraded)
+    counts = module.open_key_counts
+    assert not torch.equal(counts, counts.round())  # a sum of relaxed gates
+    output.mean().backward()
+    assert module.gate.weight.grad is not None and module.gate.weight.grad.abs().sum() > 0

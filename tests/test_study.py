@@ -351,11 +351,17 @@ def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study,
     study = open_task("sr", ROOT / "params.yaml", profile="ci", reports=tmp_path / "reports", runs=tmp_path / "runs",
                       progress=False)
     shutil.copytree(ci_study.reports / "search", study.reports / "search")
-    table = study.frontier()  # the ci profile's points: CLA K=1, ACLA at lambda_k 0 and 0.01, 2 seeds
-    assert list(dict.fromkeys(table.variant)) == ["backbone", "cla K=1", "acla lk=0", "acla lk=0.01"]
+    # the ci profile's points: CLA K=1, ACLA at lambda_k 0 and 0.01 and one remedy, 2 seeds; ACLA at 0.01 also at 6
+    table = study.frontier()
+    remedy = "acla lk=0.01 + relaxed gates forward"
+    assert list(dict.fromkeys(table.variant)) == ["backbone", "cla K=1", "acla lk=0", "acla lk=0.01", remedy]
     assert (table.groupby("variant").seed.nunique() == 2).all()
-    assert (table.iterations == study.config.train.iterations).all()
     iterations = study.config.train.iterations
+    assert sorted(table[table.variant == "acla lk=0.01"].iterations.unique()) == [iterations, 6]
+    assert set(table[table.variant != "acla lk=0.01"].iterations) == {iterations}
+    assert set(table.departures[table.variant == remedy]) == {"gate_bias=0.0 straight_through=False"}
+    assert set(table.departures[table.variant != remedy]) == {""}  # the spec's recipe
+    assert (tmp_path / "runs" / "ci" / "sr" / "frontier" / "it6" / "sr_x2" / "acla_lk0_01" / "seed1" / "last.pt").is_file()
     assert (tmp_path / "runs" / "ci" / "sr" / "frontier" / f"it{iterations}" / "sr_x2" / "acla_lk0_01" / "seed1" /
             "last.pt").is_file()
     rows = table.set_index(["variant", "seed"])
@@ -369,4 +375,5 @@ def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study,
     assert {"zoomed_keys.csv", "open_key_maps.npz", "input.png", "summary.json"} <= {p.name for p in keys.iterdir()}
     frontier = frontier_table(study.reports)
     assert set(frontier.n_seeds[frontier.variant != "backbone"]) == {2}
+    assert set(frontier.departures[frontier.variant == remedy]) == {"gate_bias=0.0 straight_through=False"}
     assert set(frontier.gates_moving[frontier.attention == "acla"]) <= {"yes", "no"}

@@ -13,6 +13,9 @@ Per ACLA module (named by the block it follows):
 
 The gradients take one more forward and two backward passes of the batch, with the random state saved before and
 restored after, so the training run draws the same Gumbel noise and batches as without them.
+
+``configure_gates`` and ``parameter_groups`` apply the training options of the gate head (issue #28's remedies:
+its initial bias, its own learning rate, the relaxed gates forward); their defaults are the spec's recipe.
 """
 
 from __future__ import annotations
@@ -32,6 +35,25 @@ def sampled_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttent
 def gated_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttention]:
     """Block index -> ACLA module (the gated ones of ``sampled_modules``)."""
     return {block: module for block, module in sampled_modules(model).items() if module.adaptive}
+
+
+def configure_gates(model: torch.nn.Module, gate_bias: float, straight_through: bool) -> None:
+    """Start every gate head W_m (S6) at ``gate_bias`` (a constant: no random draw, so the other weights are those of
+    any other bias) and set whether training gates are hard 0/1 forward (straight-through, the spec) or relaxed."""
+    for module in gated_modules(model).values():
+        torch.nn.init.constant_(module.gate.bias, gate_bias)
+        module.straight_through = straight_through
+
+
+def parameter_groups(model: torch.nn.Module, gate_learning_rate: float) -> list[dict]:
+    """Adam's parameter groups: one group (the spec) when ``gate_learning_rate`` is 0, else the gate heads W_m at
+    ``gate_learning_rate`` and every other parameter at the optimiser's learning rate."""
+    gates = [p for module in gated_modules(model).values() for p in module.gate.parameters()]
+    if not gate_learning_rate or not gates:
+        return [{"params": list(model.parameters())}]
+    chosen = {id(p) for p in gates}
+    return [{"params": [p for p in model.parameters() if id(p) not in chosen]},
+            {"params": gates, "lr": gate_learning_rate}]
 
 
 class OpenKeyTally:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from acla.config import Config, ModelConfig, TrainConfig
 from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
-from acla.engine.gates import OpenKeyTally, gate_gradients, gated_modules
+from acla.engine.gates import OpenKeyTally, configure_gates, gate_gradients, gated_modules, parameter_groups
 from acla.engine.live import open_live
 from acla.files import atomic_open
 from acla.images import restore_image
@@ -410,7 +410,9 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     cuda = context.device.type == "cuda"
     if cuda and settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    configure_gates(model, settings.gate_bias, settings.straight_through)
+    optimizer = torch.optim.Adam(parameter_groups(model, settings.gate_learning_rate), lr=settings.learning_rate,
+                                 betas=(0.9, 0.999), eps=1e-8)
     scheduler = make_scheduler(optimizer, settings)
     ema = EMA(model, settings.ema_decay) if settings.ema_decay else None
     start, best_psnr = 0, -math.inf

@@ -187,6 +187,9 @@ class SampledCrossLayerAttention(AttentionBase):
         if num_refs < 1:
             raise ValueError(f"num_refs must be >= 1, got {num_refs}")
         self.num_refs, self.num_keys, self.logit_form, self.adaptive = num_refs, num_keys, logits, adaptive
+        # (S6) training gates hard 0/1 forward with the relaxed gradient (straight-through, the spec); False: the relaxed
+        # gates themselves forward (a departure, issue #28's remedies; the trainer sets it, inference is unaffected)
+        self.straight_through = True
         self.keys_per_query = num_refs * num_keys
         # (S6) Gumbel-sigmoid tau, which the trainer anneals (``temperature``): a 0-dim buffer rather than a float
         # attribute, so that torch.compile reads it as a tensor input (dynamo may specialise on a float and recompile
@@ -241,6 +244,8 @@ class SampledCrossLayerAttention(AttentionBase):
             hard = relaxed > 0.5
         else:
             relaxed, hard = None, scores > 0  # deterministic at inference
+        if relaxed is not None and not self.straight_through:
+            return relaxed  # every key weighted by its relaxed gate, none removed (the departure's training forward)
         hard = hard.scatter(-1, scores.argmax(dim=-1, keepdim=True), True)  # (S7) the best-scored key is always open
         if relaxed is None:
             return hard.to(scores.dtype)
@@ -302,9 +307,10 @@ class SampledCrossLayerAttention(AttentionBase):
 
     def runs_fused_walk(self, query: torch.Tensor, refs: list[torch.Tensor]) -> bool:
         """Whether this call takes ``fused_walk``: predicted logits (CLA or ACLA) on the fast path, on CPU in
-        float32/float64, where the C++ kernel builds; training or inference, eager or compiled (the kernel is a
-        custom op with its own backward)."""
-        return (self.logit_form == "predicted" and self.fast and query.device.type == "cpu"
+        float32/float64, where the C++ kernel builds; training (with straight-through gates) or inference, eager or
+        compiled (the kernel is a custom op with its own backward)."""
+        relaxed_forward = self.adaptive and self.training and not self.straight_through  # the kernel's gates are 0/1
+        return (self.logit_form == "predicted" and self.fast and query.device.type == "cpu" and not relaxed_forward
                 and query.dtype in (torch.float32, torch.float64) and all(ref.dtype == query.dtype for ref in refs)
                 and extension.load() is not None)
 

@@ -19,7 +19,7 @@ import seaborn as sns
 from PIL import Image
 
 from acla.files import atomic_save_figure
-from acla.study.tables import published_results
+from acla.study.tables import published_results, split_departures
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -261,7 +261,8 @@ def gate_diagnostics(curves_csv: Path, path: Path, variant: str | None = None) -
 def accuracy_against_keys(frontier: pd.DataFrame, path: Path) -> Path | None:
     """PSNR against the keys a query attends to (mean over the modules), one panel per test set and budget: CLA at
     each K as a line, ACLA at each lambda_k as points (open circles where its gates were still moving at the end of
-    training), the backbone as a dashed line; error bars ± 1 std over seeds."""
+    training), the remedies (departures from the spec's recipe) as diamonds, the backbone as a dashed line; error bars
+    ± 1 std over seeds."""
     if frontier.empty:
         return None
     frontier = frontier.assign(keys=np.where(frontier.attention == "cla", frontier.keys_per_query,
@@ -277,13 +278,17 @@ def accuracy_against_keys(frontier: pd.DataFrame, path: Path) -> Path | None:
             axis.errorbar(cla["keys"], cla.psnr_mean, yerr=cla.psnr_std.fillna(0), marker="s", color="tab:blue",
                           capsize=3, label="CLA (K = " + ", ".join(str(int(k)) for k in cla.num_keys) + ")")
         acla = data[data.attention == "acla"].sort_values("key_budget_weight")
-        colors = sns.color_palette("flare", max(len(acla), 1))
-        for color, row in zip(colors, acla.itertuples()):
+        recipe, remedies = split_departures(acla)
+        points = [(color, "o", row, f"ACLA λk={row.key_budget_weight:g}")
+                  for color, row in zip(sns.color_palette("flare", max(len(recipe), 1)), recipe.itertuples())]
+        points += [(color, "D", row, f"ACLA {row.variant.removeprefix('acla ')} (departure)")
+                   for color, row in zip(sns.color_palette("crest", max(len(remedies), 1)), remedies.itertuples())]
+        for color, marker, row, label in points:
             moving = row.gates_moving == "yes"
             axis.errorbar([row.keys], [row.psnr_mean], yerr=[0 if pd.isna(row.psnr_std) else row.psnr_std],
-                          xerr=[0 if pd.isna(row.open_keys_std) else row.open_keys_std], marker="o", capsize=3,
+                          xerr=[0 if pd.isna(row.open_keys_std) else row.open_keys_std], marker=marker, capsize=3,
                           color=color, markerfacecolor="none" if moving else color,
-                          label=f"ACLA λk={row.key_budget_weight:g}" + (" (gates still moving)" if moving else ""))
+                          label=label + (" (gates still moving)" if moving else ""))
         axis.set(xscale="log", xlabel="keys per query (open, mean over modules)", ylabel="PSNR (dB)",
                  title=f"{set_name}, {int(iterations)} iterations")
         axis.legend(fontsize=7)

@@ -34,6 +34,7 @@ from acla.study.tables import (
     published_classical,
     published_results,
     read_paper_tables,
+    split_departures,
     stage_provenance,
     task_table,
 )
@@ -143,48 +144,68 @@ FRONTIER_COLUMNS = {"iterations": ("iterations", 0, False), "variant": ("point",
                     "mode_share_max_mean": ("(max)", 2, False), "gflops_mean": ("GFLOPs", 3, False),
                     "adaptive_modules_mean": ("modules adapting", 1, False), "modules": ("of", 0, False),
                     "val_psnr_mean": ("val PSNR", 4, False),
-                    "gates_moving": ("gates still moving", 0, False), "psnr_per_seed": ("PSNR per seed", 0, False)}
+                    "gates_moving": ("gates still moving", 0, False),
+                    "departures": ("departs from the spec", 0, False), "psnr_per_seed": ("PSNR per seed", 0, False)}
 FRONTIER_NOTE = ("Open keys: ACLA's per query on the test images with inference's gates, mean over the modules and the "
                  "seeds (CLA: every key, R K; backbone: none). Mode share: the share of queries at a module's most "
                  "common count, the smallest and the largest over the modules (1: no query differs from another). GFLOPs at inference "
                  "with closed keys skipped (`acla.engine.efficiency.inference_flops` less `closed_key_flops`). Gates still "
                  "moving: some module's open keys changed by more than 0.05 between the last two validations. Modules adapting: "
                  "those where no open-key count holds more than 80 % of the queries and the mean lies between 10 % and "
-                 "90 % of R K (issue #28's test), mean over seeds.\n\n")
+                 "90 % of R K (issue #28's test), mean over seeds. Departs from the spec: the gate options of a remedy "
+                 "(`frontier.remedies` in params.yaml) that differ from the spec's training recipe; empty: the recipe.\n\n")
 
 
 def frontier_sentence(frontier: pd.DataFrame) -> str:
-    """The frontier's answer in words, per budget: at which lambda_k (if any) the gates adapt, and the ACLA point
-    chosen on the validation set against CLA K=9 on the last test set, with the standard error of the difference."""
+    """The frontier's answer in words, per budget: at which lambda_k (if any) the gates adapt under the spec's
+    recipe, the recipe's ACLA point chosen on the validation set against CLA K=9 on the last test set (with the
+    standard error of the difference), and what each remedy (a departure from the recipe) gave."""
     if frontier.empty or "adaptive_modules_mean" not in frontier:
         return ""
     sentences = []
     for iterations, data in frontier.groupby("iterations", sort=False):
         test = data.set.iloc[-1]
         acla = data[(data.attention == "acla") & (data.set == test)].sort_values("key_budget_weight")
-        if acla.empty:
-            continue
-        adapting = acla[acla.adaptive_modules_mean >= acla.modules / 2]
-        points = "; ".join(f"λk={r.key_budget_weight:g}: {r.open_keys_mean:.2f} of {r.keys_per_query:.2f} keys, "
-                           f"{r.adaptive_modules_mean:.1f}/{int(r.modules)} modules adapting, mode share up to "
-                           f"{r.mode_share_max_mean:.2f}" + (", gates still moving" if r.gates_moving == "yes" else "")
-                           for r in acla.itertuples())
-        verdict = (f"the gates adapt at λk = {', '.join(f'{w:g}' for w in adapting.key_budget_weight)}" if len(adapting)
-                   else "the gates adapt at no λk tried (in fewer than half the modules)")
-        chosen = acla.loc[acla.val_psnr_mean.idxmax()]
-        text = (f"Accuracy against keys, {int(iterations)} iterations ({test}): {verdict} ({points}). Chosen on the "
-                f"validation set: λk={chosen.key_budget_weight:g}, {test} PSNR {chosen.psnr_mean:.3f} ± "
-                f"{chosen.psnr_std:.3f} with {chosen.open_keys_mean:.2f} keys per query")
+        recipe, remedies = split_departures(acla)
         cla = data[(data.variant == "cla K=9") & (data.set == test)]
-        if len(cla):
-            cla = cla.iloc[0]
-            delta = chosen.psnr_mean - cla.psnr_mean
-            se = np.sqrt(chosen.psnr_std ** 2 / chosen.n_seeds + cla.psnr_std ** 2 / cla.n_seeds)
-            text += (f", against CLA K=9's {cla.psnr_mean:.3f} ± {cla.psnr_std:.3f} with {cla.keys_per_query:.2f}: "
-                     f"Δ {delta:+.3f} ± {se:.3f} dB ({'exceeds' if abs(delta) > 2 * se else 'within'} twice its "
-                     "standard error)")
-        sentences.append(text + ".\n")
+        cla = cla.iloc[0] if len(cla) else None
+        if len(recipe):
+            adapting = recipe[recipe.adaptive_modules_mean >= recipe.modules / 2]
+            points = "; ".join(f"λk={r.key_budget_weight:g}: {_gate_summary(r)}" for r in recipe.itertuples())
+            verdict = (f"the gates adapt at λk = {', '.join(f'{w:g}' for w in adapting.key_budget_weight)}"
+                       if len(adapting) else "the gates adapt at no λk tried (in fewer than half the modules)")
+            chosen = recipe.loc[recipe.val_psnr_mean.idxmax()]
+            sentences.append(
+                f"Accuracy against keys, {int(iterations)} iterations ({test}), the spec's recipe: {verdict} ({points}). "
+                f"Chosen on the validation set: λk={chosen.key_budget_weight:g}, {test} PSNR {chosen.psnr_mean:.3f} ± "
+                f"{chosen.psnr_std:.3f} with {chosen.open_keys_mean:.2f} keys per query{_versus_cla(chosen, cla)}.\n")
+        if len(remedies):
+            points = "; ".join(f"{r.variant} ({r.departures}): {_gate_summary(r)}, {test} PSNR {r.psnr_mean:.3f} ± "
+                               f"{r.psnr_std:.3f}{_versus_cla(r, cla)}" for r in remedies.itertuples())
+            adapting = remedies[remedies.adaptive_modules_mean >= remedies.modules / 2]
+            verdict = (f"the gates adapt with {', '.join(adapting.variant)}" if len(adapting)
+                       else "the gates adapt with no remedy tried")
+            sentences.append(f"Remedies (departures from the spec's recipe), {int(iterations)} iterations: {verdict} "
+                             f"({points}).\n")
     return "".join(sentences)
+
+
+def _gate_summary(row) -> str:
+    """An ACLA point's open keys, modules adapting and largest mode share, in words."""
+    return (f"{row.open_keys_mean:.2f} of {row.keys_per_query:.2f} keys, {row.adaptive_modules_mean:.1f}/"
+            f"{int(row.modules)} modules adapting, mode share up to {row.mode_share_max_mean:.2f}"
+            + (", gates still moving" if row.gates_moving == "yes" else ""))
+
+
+def _versus_cla(row, cla) -> str:
+    """``row``'s PSNR against CLA K=9's on the same set: the difference, its standard error, and whether it
+    exceeds twice that."""
+    if cla is None:
+        return ""
+    delta = row.psnr_mean - cla.psnr_mean
+    se = np.sqrt(row.psnr_std ** 2 / row.n_seeds + cla.psnr_std ** 2 / cla.n_seeds)
+    return (f", against CLA K=9's {cla.psnr_mean:.3f} ± {cla.psnr_std:.3f} with {cla.keys_per_query:.2f}: "
+            f"Δ {delta:+.3f} ± {se:.3f} dB ({'exceeds' if abs(delta) > 2 * se else 'within'} twice its standard error)")
 
 
 def budget_sentence(task_dir: Path) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from acla.config import Study, TaskConfig, load_study
+from acla.config import Remedy, Study, TaskConfig, load_study
 from acla.data import open_set
 from acla.data.sets import resolve_data_root
 from acla.engine.efficiency import closed_key_flops, inference_flops
@@ -87,7 +87,19 @@ def frontier_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[
         specs[f"cla K={keys}"] = replace(searched, attention="cla", num_keys=keys)
     for weight in task.frontier.budget_weights:
         specs[f"acla lk={weight:g}"] = replace(searched, key_budget_weight=float(weight))
+    for remedy in task.frontier.remedies:
+        specs[remedy_label(remedy)] = replace(searched, key_budget_weight=remedy.key_budget_weight)
     return specs
+
+
+def remedy_label(remedy: Remedy) -> str:
+    """A remedy's frontier point: ``acla lk=0.0003 + gate bias 0``."""
+    return f"acla lk={remedy.key_budget_weight:g} + {remedy.name}"
+
+
+def frontier_overrides(task: TaskConfig) -> dict[str, dict]:
+    """Frontier label -> the ``TrainConfig`` fields its runs change (the remedies'; none for the other points)."""
+    return {remedy_label(remedy): remedy.train_overrides() for remedy in task.frontier.remedies}
 
 
 def adaptive(stats: dict[str, float], block: int, keys_per_query: int) -> bool:
@@ -188,10 +200,12 @@ class TaskStudy:
 
     # ---------------------------------------------------------------------------------- training
     def _fit(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0,
-             specs_of=None) -> tuple[list[dict], list[pd.DataFrame]]:
+             specs_of=None, overrides: dict[str, dict] | None = None) -> tuple[list[dict], list[pd.DataFrame]]:
         """Train ``labels`` x ``seeds`` of every setting (checkpoints under ``runs/<step>``): one row per run and
         its dvclive curves. ``iterations`` > 0 replaces the training budget (a whole schedule of that length).
-        ``specs_of(setting)``: the label -> spec mapping to take the labels from (default: ``variants``)."""
+        ``specs_of(setting)``: the label -> spec mapping to take the labels from (default: ``variants``);
+        ``overrides``: label -> ``TrainConfig`` fields that label's runs change (the columns record every departure
+        from the spec's recipe)."""
         (self.runs / step).mkdir(parents=True, exist_ok=True)  # a DVC output, even when no variant is trained here
         rows, curves = [], []
         for setting in self.settings:
@@ -205,13 +219,16 @@ class TaskStudy:
                 if label not in specs:
                     continue
                 spec = specs[label]
+                trained = replace(config, train=replace(config.train, **(overrides or {}).get(label, {})))
+                departures = trained.train.departures() if spec.attention == "acla" else {}
                 columns = {**describe(spec), "params": sum(p.numel() for p in spec.build().parameters()),
                            "iterations": config.train.iterations, "batch_size": config.train.batch_size,
                            "val_set": open_set(config.train.validation_set, self.data_root, verify=False,
-                                               crop=config.evaluate.crop).label}
+                                               crop=config.evaluate.crop).label,
+                           "departures": " ".join(f"{name}={value}" for name, value in departures.items())}
                 for seed in seeds:
                     run_dir = self.run_dir(step, setting, label, seed)
-                    seeded = replace(config, train=replace(config.train, seed=seed))
+                    seeded = replace(trained, train=replace(trained.train, seed=seed))
                     start = time.perf_counter()
                     result = train(spec, seeded, run_dir, data_root=self.data_root, resume="auto",
                                    progress=self.progress)
@@ -292,10 +309,13 @@ class TaskStudy:
         start = time.perf_counter()
         rows, curves = [], []
         labels = list(dict.fromkeys(label for setting in self.settings for label in self.frontier_points(setting)))
-        for budget in frontier.budgets:
+        unknown = sorted(set(frontier.long_points) - set(labels))
+        if unknown:
+            raise ValueError(f"frontier.long_points: {unknown} are not frontier points; expected some of {labels}")
+        for index, budget in enumerate(frontier.budgets):
             iterations = budget or self.config.train.iterations
-            fitted, drawn = self._fit(f"frontier/it{iterations}", labels, frontier.seeds, iterations,
-                                      self.frontier_points)
+            fitted, drawn = self._fit(f"frontier/it{iterations}", labels if index == 0 else list(frontier.long_points),
+                                      frontier.seeds, iterations, self.frontier_points, frontier_overrides(self.config))
             rows += fitted
             curves += [frame.assign(iterations=iterations) for frame in drawn]
         write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), self.reports / "frontier" / "curves.csv")
@@ -315,14 +335,15 @@ class TaskStudy:
         return write_csv(pd.DataFrame(rows), self.reports / "frontier" / "frontier.csv")
 
     def frontier_keys(self) -> None:
-        """What the gates of every ACLA point (first seed, longest budget) did on the first image of each of
-        ``frontier.key_sets``: ``frontier/keys/<point>/<set>/`` (``acla.study.keys.key_maps_report``)."""
+        """What the gates of every ACLA point (first seed, the longest budget it was trained at) did on the first image
+        of each of ``frontier.key_sets``: ``frontier/keys/<point>/<set>/`` (``acla.study.keys.key_maps_report``)."""
         frontier = self.config.frontier
-        iterations = max(budget or self.config.train.iterations for budget in frontier.budgets)
+        budgets = [budget or self.config.train.iterations for budget in frontier.budgets]
         for setting in self.settings:
             for label, spec in self.frontier_points(setting).items():
                 if spec.attention != "acla":
                     continue
+                iterations = max(budgets[1:]) if label in frontier.long_points and len(budgets) > 1 else budgets[0]
                 checkpoint = self.run_dir(f"frontier/it{iterations}", setting, label, frontier.seeds[0]) / "last.pt"
                 model, _ = load_model(checkpoint, spec)
                 for set_name in frontier.key_sets:
@@ -351,6 +372,7 @@ class TaskStudy:
                          in keys_per_query.items()}
             flops = counted - closed_key_flops(model, input_shape, open_keys)
             rows.append({**{k: run[k] for k in ("setting", "variant", "seed", "attention", "num_keys", "iterations")},
+                         "departures": run.get("departures") if isinstance(run.get("departures"), str) else "",
                          "key_budget_weight": spec.key_budget_weight if spec.attention == "acla" else float("nan"),
                          "set": image_set.label, "psnr": psnr, "ssim": ssim, "val_psnr": run["val_psnr"],
                          "open_keys": float(np.mean(list(open_keys.values()))) if open_keys else 0.0,

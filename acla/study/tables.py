@@ -335,7 +335,8 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     keeps every key), the share of queries at each module's most common count (the smallest and the largest over
     the modules) and
     the inference GFLOPs with closed keys skipped; ``gates_moving`` says whether an ACLA point's open keys still
-    changed over the last two validations of its training (then its point is a transient, not a converged one)."""
+    changed over the last two validations of its training (then its point is a transient, not a converged one);
+    ``departures`` names the gate options of a remedy that depart from the spec's recipe (empty: the recipe)."""
     path = task_dir / "frontier" / "frontier.csv"
     if not path.is_file():
         return pd.DataFrame()
@@ -346,12 +347,21 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     values += [column for column in ("adaptive_modules",) if column in runs]
     table = seed_spread(runs, ["setting", "iterations", "variant", "set"], values)
     extra = {"modules": ("modules", "first")} if "modules" in runs else {}
+    if "departures" in runs:
+        runs["departures"] = runs.departures.fillna("")
+        extra["departures"] = ("departures", "first")
     table = table.merge(runs.groupby(["setting", "iterations", "variant"], sort=False).agg(
         attention=("attention", "first"), num_keys=("num_keys", "first"), key_budget_weight=("key_budget_weight", "first"),
         keys_per_query=("keys_per_query", "first"), **extra).reset_index(), on=["setting", "iterations", "variant"])
     moving = gates_moving(task_dir / "frontier" / "curves.csv")
     table["gates_moving"] = [moving.get((s, i, v), "") for s, i, v in zip(table.setting, table.iterations, table.variant)]
     return table
+
+
+def split_departures(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Frontier rows trained with the spec's recipe, and those of the remedies (a non-empty ``departures``)."""
+    departs = points.departures.fillna("").astype(bool) if "departures" in points else pd.Series(False, points.index)
+    return points[~departs], points[departs]
 
 
 def gates_moving(curves_csv: Path, tolerance: float = 0.05) -> dict[tuple[str, int, str], str]:
