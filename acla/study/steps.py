@@ -416,7 +416,8 @@ class TaskStudy:
         start = time.perf_counter()
         setting = self.settings[0]
         config = self.run_config(setting)
-        no_module = trained and "acla" not in self.variants(setting)  # the search kept no ACLA module
+        # the search kept no ACLA module, or the headline trains none (a profile whose frontier trains the ACLAs)
+        no_module = trained and not ("acla" in self.variants(setting) and "acla" in self.config.headline.variants)
         summary = None
         if not no_module:
             if trained:
@@ -458,7 +459,7 @@ class TaskStudy:
                                     verify=config.data.verify, crop=config.evaluate.crop, device=self.device)
                     rows += [{"setting": setting, "method": label, "seed": seed, "set": r["set"], "psnr": r["psnr"],
                               "ssim": r["ssim"], "n_images": r["n_images"]} for r in mean.to_dict(orient="records")]
-            if "acla" in self.variants(setting):
+            if "acla" in self.variants(setting) and "acla" in self.config.headline.variants:  # a trained headline ACLA
                 key_report(self.model(setting, "acla"), setting, sets[0], out / setting / "keys", data_root=self.data_root,
                            crop=config.evaluate.crop, seed=config.train.seed, verify=config.data.verify)
         save_provenance(self, "evaluate", time.perf_counter() - start)
