@@ -214,6 +214,7 @@ class AblationConfig:
     num_keys: tuple[int, ...] = (1, 4, 16)  # K sweep of acla at the searched locations
     insertions: tuple[str, ...] = ABLATION_INSERTIONS  # acla elsewhere; random keeps the searched count
     random_seed: int = 0
+    seeds: tuple[int, ...] = ()  # training seeds of every variant; empty: the first headline seed
     iterations: int = 0  # 0: train.iterations (the headline pair's rows are reused); else every variant,
     #                      backbone and acla included, is trained for this many (a cheaper, still equal budget)
     budgets: tuple[int, ...] = ()  # the backbone (first seed) retrained at each of these iteration counts, each a

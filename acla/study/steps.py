@@ -256,22 +256,26 @@ class TaskStudy:
         return self._train("retrain", list(self.config.headline.variants), self.seeds)
 
     def ablate(self) -> pd.DataFrame:
-        """Every variant at one budget and the first headline seed. With ``ablation.iterations`` 0 that is
-        the headline's budget and the headline's rows of that seed are reused from ``retrain``; otherwise
-        all variants, the headline's included, are trained for ``ablation.iterations`` (a cheaper, still
-        equal, budget)."""
+        """Every variant at one budget and each of ``ablation.seeds`` (default: the first headline seed). With
+        ``ablation.iterations`` 0 that is the headline's budget and the headline's rows of those seeds are reused
+        from ``retrain``; otherwise all variants, the headline's included, are trained for
+        ``ablation.iterations`` (a cheaper, still equal, budget)."""
         if not self.settings:
             return self.skip("ablation")
         start = time.perf_counter()
         iterations = self.config.ablation.iterations
+        seeds = self.config.ablation.seeds or self.seeds[:1]
         reuse = iterations in (0, self.config.train.iterations)
+        if reuse and not set(seeds) <= set(self.seeds):
+            raise ValueError(f"ablation.seeds {list(seeds)}: at the headline's budget the headline's runs are reused, "
+                             f"so they must be among headline.seeds {list(self.seeds)}")
         headline = self.config.headline.variants
         labels = list(dict.fromkeys(label for setting in self.settings for label in self.variants(setting)
                                     if not (reuse and label in headline)))
-        trained = self._train("ablation", labels, self.seeds[:1], iterations)
+        trained = self._train("ablation", labels, tuple(seeds), iterations)
         if reuse:
             retrained = pd.read_csv(self.reports / "retrain" / "runs.csv")
-            trained = pd.concat([retrained[retrained.seed == self.seeds[0]], trained], ignore_index=True)
+            trained = pd.concat([retrained[retrained.seed.isin(seeds)], trained], ignore_index=True)
         self.budget_sweep()
         save_provenance(self, "ablation", time.perf_counter() - start)  # the step's clock covers the budget sweep
         return write_csv(trained, self.reports / "ablation" / "ablation.csv")
