@@ -30,6 +30,7 @@ from acla.study.tables import (
     read_paper_tables,
     seed_spread,
     task_table,
+    training_length,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,14 +352,17 @@ def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study,
     study = open_task("sr", ROOT / "params.yaml", profile="ci", reports=tmp_path / "reports", runs=tmp_path / "runs",
                       progress=False)
     shutil.copytree(ci_study.reports / "search", study.reports / "search")
-    # the ci profile's points: CLA K=1, ACLA at lambda_k 0 and 0.01 and one remedy, 2 seeds; ACLA at 0.01 also at 6
+    # the ci profile's points: CLA K=1, ACLA at lambda_k 0 and 0.01 and one remedy, 2 seeds; the backbone and ACLA at
+    # 0.01 (frontier.long_points) also a whole schedule of 6 iterations
     table = study.frontier()
     remedy = "acla lk=0.01 + relaxed gates forward"
     assert list(dict.fromkeys(table.variant)) == ["backbone", "cla K=1", "acla lk=0", "acla lk=0.01", remedy]
     assert (table.groupby("variant").seed.nunique() == 2).all()
     iterations = study.config.train.iterations
-    assert sorted(table[table.variant == "acla lk=0.01"].iterations.unique()) == [iterations, 6]
-    assert set(table[table.variant != "acla lk=0.01"].iterations) == {iterations}
+    long = table.variant.isin(["backbone", "acla lk=0.01"])
+    for variant in ("backbone", "acla lk=0.01"):
+        assert sorted(table[table.variant == variant].iterations.unique()) == [iterations, 6]
+    assert set(table[~long].iterations) == {iterations}
     assert set(table.departures[table.variant == remedy]) == {"gate_bias=0.0 straight_through=False"}
     assert set(table.departures[table.variant != remedy]) == {""}  # the spec's recipe
     assert (tmp_path / "runs" / "ci" / "sr" / "frontier" / "it6" / "sr_x2" / "acla_lk0_01" / "seed1" / "last.pt").is_file()
@@ -373,6 +377,8 @@ def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study,
     assert curves.metric.str.startswith("gates/").any()
     keys = study.reports / "frontier" / "keys" / "acla_lk0" / "bundled-test"
     assert {"zoomed_keys.csv", "open_key_maps.npz", "input.png", "summary.json"} <= {p.name for p in keys.iterdir()}
+    length = training_length(study.reports)  # the long points against the backbone at each budget
+    assert set(length.variant) == {"backbone", "acla lk=0.01"} and set(length.iterations) == {iterations, 6}
     frontier = frontier_table(study.reports)
     assert set(frontier.n_seeds[frontier.variant != "backbone"]) == {2}
     assert set(frontier.departures[frontier.variant == remedy]) == {"gate_bias=0.0 straight_through=False"}

@@ -297,6 +297,42 @@ def accuracy_against_keys(frontier: pd.DataFrame, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def training_length(table: pd.DataFrame, path: Path) -> Path | None:
+    """Issue #29's figure: per test set, Δ(point − backbone) against iterations (whole schedules) with ± 1 standard
+    error; and the backbone's PSNR on Set5 against iterations beside SRCNN's and VDSR's published SR x2 values."""
+    if table.empty:
+        return None
+    sets = list(dict.fromkeys(table.set))
+    figure, axes = plt.subplots(1, len(sets) + 1, figsize=(4.6 * (len(sets) + 1), 3.6), squeeze=False)
+    points = [v for v in dict.fromkeys(table.variant) if v != "backbone"]
+    colors = dict(zip(points, sns.color_palette("tab10", max(len(points), 1))))
+    for axis, set_name in zip(axes[0], sets):
+        axis.axhline(0, color="gray", linestyle="--", linewidth=1, label="backbone")
+        for variant in points:
+            rows = table[(table.set == set_name) & (table.variant == variant)]
+            axis.errorbar(rows.iterations, rows.delta, yerr=rows.delta_se.fillna(0), marker="o", capsize=3,
+                          color=colors[variant], label=variant)
+        axis.set(xscale="log", xlabel="iterations (each a whole cosine schedule)", ylabel="Δ PSNR vs backbone (dB)",
+                 title=f"{set_name}: Δ ± 1 SE over seeds")
+        axis.legend(fontsize=7)
+    axis = axes[0][-1]
+    backbone = table[(table.variant == "backbone") & (table.set == "Set5")]
+    if len(backbone):
+        axis.errorbar(backbone.iterations, backbone.psnr_mean, yerr=backbone.psnr_std.fillna(0), marker="o",
+                      capsize=3, color="black", label="backbone (mean ± std)")
+        literature = published_results()
+        setting = str(backbone.setting.iloc[0])
+        for method, color in (("SRCNN", "tab:green"), ("VDSR", "tab:red")):
+            found = literature[(literature.task == "sr") & (literature.setting == setting.split("_", 1)[-1])
+                               & (literature.set == "Set5") & (literature.method == method)]
+            if len(found):
+                axis.axhline(float(found.psnr.iloc[0]), color=color, linestyle=":", label=f"{method} (published)")
+        axis.set(xscale="log", xlabel="iterations", ylabel="PSNR (dB)", title="backbone on Set5")
+        axis.legend(fontsize=7)
+    figure.suptitle("Training length: does ACLA's difference from its backbone close, stay or grow?", y=1.02)
+    return _save(figure, path)
+
+
 def budget_sweep(study: Path, path: Path) -> Path | None:
     """Final validation PSNR of the backbone against its training budget (whole schedules, ``ablation/budget.csv``),
     each seed a dot, with the published SR x2 SRCNN value on the same set when the literature CSV holds it."""

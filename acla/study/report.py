@@ -37,7 +37,9 @@ from acla.study.tables import (
     split_departures,
     stage_provenance,
     task_table,
+    training_length,
 )
+from acla.study.verdict import RESULT_PROFILES, RULE, gpu_check_claims, profile_claims, verdict_markdown
 
 CLASSICAL_COLUMNS = {"task": ("task", 0, False), "set": ("set", 0, False), "setting": ("setting", 0, False),
                      "method": ("method", 0, False), "n_images": ("images", 0, False), "psnr": ("PSNR ours", 4, False),
@@ -154,6 +156,38 @@ FRONTIER_NOTE = ("Open keys: ACLA's per query on the test images with inference'
                  "those where no open-key count holds more than 80 % of the queries and the mean lies between 10 % and "
                  "90 % of R K (issue #28's test), mean over seeds. Departs from the spec: the gate options of a remedy "
                  "(`frontier.remedies` in params.yaml) that differ from the spec's training recipe; empty: the recipe.\n\n")
+
+
+TRAINING_LENGTH_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, False),
+                           "variant": ("point", 0, False), "iterations": ("iterations", 0, False),
+                           "n_seeds": ("seeds", 0, False), "psnr_mean": ("PSNR", 4, False),
+                           "psnr_std": ("± std", 4, False), "backbone_psnr_mean": ("backbone PSNR", 4, False),
+                           "backbone_psnr_std": ("± std", 4, False), "delta": ("Δ vs backbone", 4, True),
+                           "delta_se": ("± SE", 4, False), "verdict": ("|Δ| > 2 SE?", 0, False),
+                           "psnr_per_seed": ("PSNR per seed", 0, False)}
+TRAINING_LENGTH_NOTE = ("Every budget is a whole cosine schedule of that many iterations (not a point on a longer run's "
+                        "curve), each point trained once per seed; Δ is the point's mean PSNR less the backbone's at the "
+                        "same budget, ± the standard error of independent seeds, sqrt(s_a²/n_a + s_b²/n_b).\n\n")
+
+
+def training_length_sentence(table: pd.DataFrame) -> str:
+    """Per point, Δ against the backbone at each budget on the first test set; the backbone's Set5 PSNR against
+    SRCNN's and VDSR's published values."""
+    first = table.set.iloc[0]
+    lines = []
+    for variant, rows in table[(table.set == first) & (table.variant != "backbone")].groupby("variant", sort=False):
+        steps = ", ".join(f"{int(r.iterations):,} it {r.delta:+.3f} ± {r.delta_se:.3f}" for r in rows.itertuples())
+        lines.append(f"{variant} − backbone on {first}: {steps} dB.")
+    backbone = table[(table.variant == "backbone") & (table.set == "Set5")]
+    literature = published_results()
+    if len(backbone):
+        short = str(backbone.setting.iloc[0]).split("_", 1)[-1]
+        refs = literature[(literature.task == "sr") & (literature.setting == short) & (literature.set == "Set5")
+                          & literature.method.isin(["SRCNN", "VDSR"])]
+        text = ", ".join(f"{int(r.iterations):,} it {r.psnr_mean:.2f} ± {r.psnr_std:.2f}" for r in backbone.itertuples())
+        lines.append(f"The backbone on Set5: {text} dB; published "
+                     + ", ".join(f"{r.method} {r.psnr:.2f} ({r.source.split(',')[0]})" for r in refs.itertuples()) + ".")
+    return "Training length: " + " ".join(lines) + "\n"
 
 
 def frontier_sentence(frontier: pd.DataFrame) -> str:
@@ -385,7 +419,7 @@ def open_keys_sentence(task_dir: Path) -> str:
 
 
 # The figures shown on the front page itself (the rest are links): what was learned, not how it was run.
-SHOWN_FIGURES = ("training curves", "gates while training", "accuracy against keys", "budget sweep", "alpha trajectories", "what moved each alpha",
+SHOWN_FIGURES = ("training length", "training curves", "gates while training", "accuracy against keys", "budget sweep", "alpha trajectories", "what moved each alpha",
                  "open keys per query",
                  "sampled keys")
 
@@ -461,6 +495,16 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
                                                                                figures / f"frontier_{name}.png")
             links += f"; frontier: [`{link(tables / f'{name}_frontier.md')}`]({link(tables / f'{name}_frontier.md')})"
             parts.append(frontier_sentence(frontier))
+            length = training_length(task_dir)
+            if len(length):
+                atomic_write_text(tables / f"{name}_training_length.csv", length.to_csv(index=False, float_format="%.6f"))
+                atomic_write_text(tables / f"{name}_training_length.md", f"# {name}: accuracy against training length "
+                                  f"(profile `{study.name}`)\n\n" + TRAINING_LENGTH_NOTE
+                                  + markdown(length, TRAINING_LENGTH_COLUMNS))
+                drawn[f"training length {name}"] = draw.training_length(length, figures / f"training_length_{name}.png")
+                links += (f"; training length: [`{link(tables / f'{name}_training_length.md')}`]"
+                          f"({link(tables / f'{name}_training_length.md')})")
+                parts.append(training_length_sentence(length))
             for variant in frontier[frontier.attention == "acla"].variant.unique():
                 drawn[f"gates while training {name}, {variant}"] = draw.gate_diagnostics(
                     task_dir / "frontier" / "curves.csv", figures / f"gates_{name}_{slug(variant)}.png", variant)
@@ -484,6 +528,7 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
         sections.append("\n".join(part for part in parts if part))
     summary = profile_summary(study)
     atomic_write_text(section.with_name("summary.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(section.with_name("claims.csv"), profile_claims(study).to_csv(index=False))  # the verdict's
     lines = [
         f"## Profile `{study.name}`\n",
         (f"Device {summary['device']}; torch {summary['torch']}; commit {summary['commit']}; {summary['date']}; "
@@ -513,6 +558,22 @@ PROFILE_NOTES = {
 }
 
 
+def verdict_section(reports: Path, present: list[str]) -> str:
+    """The verdict on the paper's claims (``acla.study.verdict``): the rule, then one column per result profile
+    present (its ``claims.csv``) and per ``gpu-check`` run under ``reports/gpu/``."""
+    columns = {}
+    for profile in present:
+        claims = reports / "tables" / profile / "claims.csv"
+        if profile in RESULT_PROFILES and claims.is_file():
+            device = json.loads((reports / "tables" / profile / "summary.json").read_text())["device"]
+            columns[f"`{profile}` ({device})"] = pd.read_csv(claims, keep_default_na=False)
+    for run in sorted((reports / "gpu").glob("*/run.json")):
+        columns[f"gpu-check ({json.loads(run.read_text()).get('device', run.parent.name)})"] = gpu_check_claims(run.parent)
+    if not columns:
+        return ""
+    return "## Verdict on the paper's claims\n\n" + RULE + "\n\n" + verdict_markdown(columns) + "\n"
+
+
 def render_front_page(reports: Path) -> Path:
     """``reports/README.md``: every profile present under ``reports/tables/<profile>/`` (``section.md`` and
     ``summary.json``, written by ``render_study``), the most informative first (paper, gpu, cpu, smoke, ci),
@@ -525,6 +586,7 @@ def render_front_page(reports: Path) -> Path:
              "`tables/<profile>/`, `figures/<profile>/`, `metrics/<profile>/`), so the profiles below stand side "
              "by side. Network rows are mean ± std over seeds (n = seeds); Δ is ± its standard error; literature "
              "rows cite their paper and table.\n"),
+             verdict_section(reports, present),
              "| profile | device | torch | wall time | date | commit | what it is |", "|---|---|---|---|---|---|---|"]
     for profile in present:
         summary = json.loads((reports / "tables" / profile / "summary.json").read_text())

@@ -348,7 +348,7 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     table = seed_spread(runs, ["setting", "iterations", "variant", "set"], values)
     extra = {"modules": ("modules", "first")} if "modules" in runs else {}
     if "departures" in runs:
-        runs["departures"] = runs.departures.fillna("")
+        runs["departures"] = departure_labels(runs)
         extra["departures"] = ("departures", "first")
     table = table.merge(runs.groupby(["setting", "iterations", "variant"], sort=False).agg(
         attention=("attention", "first"), num_keys=("num_keys", "first"), key_budget_weight=("key_budget_weight", "first"),
@@ -358,10 +358,43 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     return table
 
 
+def training_length(task_dir: Path) -> pd.DataFrame:
+    """Accuracy against training length (issue #29), from a frontier trained at several budgets (whole schedules):
+    per setting, test set, budget and point trained at more than one budget, its PSNR (mean ± std over seeds) and
+    its difference from the backbone at the same budget with the standard error of independent seeds,
+    sqrt(s_a²/n_a + s_b²/n_b). Empty unless the backbone was trained at two budgets or more."""
+    path = task_dir / "frontier" / "frontier.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    runs = pd.read_csv(path)
+    if runs.empty or runs[runs.attention == "none"].iterations.nunique() < 2:
+        return pd.DataFrame()
+    table = seed_spread(runs, ["setting", "set", "iterations", "variant"], ["psnr"])
+    long = table.groupby(["setting", "variant"]).iterations.transform("nunique") > 1
+    table = table[long].copy()
+    backbone = table[table.variant == "backbone"].set_index(["setting", "set", "iterations"])
+    keys = list(zip(table.setting, table.set, table.iterations))
+    for column in ("psnr_mean", "psnr_std", "n_seeds"):
+        table[f"backbone_{column}"] = [backbone[column].get(key, np.nan) for key in keys]
+    table["delta"] = table.psnr_mean - table.backbone_psnr_mean
+    table["delta_se"] = np.sqrt(table.psnr_std ** 2 / table.n_seeds + table.backbone_psnr_std ** 2
+                                / table.backbone_n_seeds)
+    table["verdict"] = ["exceeds noise" if abs(d) > 2 * e else "within noise" if e == e else "n/a (one seed)"
+                        for d, e in zip(table.delta, table.delta_se)]
+    return table.sort_values(["setting", "set", "variant", "iterations"], ignore_index=True)
+
+
 def split_departures(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Frontier rows trained with the spec's recipe, and those of the remedies (a non-empty ``departures``)."""
-    departs = points.departures.fillna("").astype(bool) if "departures" in points else pd.Series(False, points.index)
+    departs = departure_labels(points).astype(bool)
     return points[~departs], points[departs]
+
+
+def departure_labels(points: pd.DataFrame) -> pd.Series:
+    """The ``departures`` column as text, empty for the spec's recipe (a CSV reads an all-empty column as NaN)."""
+    if "departures" not in points:
+        return pd.Series("", index=points.index)
+    return pd.Series(["" if pd.isna(value) else str(value) for value in points.departures], index=points.index)
 
 
 def gates_moving(curves_csv: Path, tolerance: float = 0.05) -> dict[tuple[str, int, str], str]:

@@ -1,0 +1,122 @@
+"""The verdict on the paper's claims (acla.study.verdict) and the training-length table it and the report read."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from acla.study.tables import training_length
+from acla.study.verdict import (
+    CLAIMS,
+    Comparison,
+    adaptive_comparisons,
+    efficiency_comparisons,
+    psnr_comparison,
+    verdict_markdown,
+    word,
+)
+
+
+def sides(*values: int) -> list[Comparison]:
+    return [Comparison(float(v), 0.5, "") for v in values]
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ((1, 1), "supported"),
+    ((1, 0), "supported"),  # half for, none against
+    ((1, 0, 0), "inconclusive"),  # fewer than half for
+    ((1, -1, 1, 1), "inconclusive"),  # one against spoils it
+    ((-1, -1, 0), "contradicted"),
+    ((-1, 1), "inconclusive"),
+    ((0, 0), "inconclusive"),
+    ((), "not measured"),
+])
+def test_one_rule_turns_comparisons_into_a_word(values: tuple[int, ...], expected: str) -> None:
+    assert word(sides(*values)) == expected
+
+
+def test_a_psnr_difference_counts_only_beyond_twice_its_standard_error() -> None:
+    within = psnr_comparison(30.09, 0.05, 2, 30.00, 0.05, 2, "Set5")  # SE 0.05: 0.09 is within 2 SE
+    beyond = psnr_comparison(30.20, 0.05, 2, 30.00, 0.05, 2, "Set5")
+    assert within.noise == pytest.approx(0.1) and within.side == 0
+    assert beyond.side == 1 and "+0.200 ± 0.050 dB (n=2/2)" in beyond.text
+    one_seed = psnr_comparison(31.0, math.nan, 1, 30.0, math.nan, 1, "Set5")
+    assert one_seed.side == 0 and "one seed" in one_seed.text
+
+
+def test_efficiency_compares_the_latency_overhead_with_twice_the_flops_overhead() -> None:
+    rows = pd.DataFrame({"model": ["base", "acla", "base", "acla"], "input": ["a", "a", "b", "b"],
+                         "flops": [100.0, 120.0, 100.0, 110.0], "latency": [1.0, 1.3, 1.0, 1.5]})
+    first, second = efficiency_comparisons(rows, "base", "acla", "sr")
+    assert first.side == 1 and "FLOPs +20.0 %, latency +30.0 %" in first.text  # 30 % <= 2 x 20 %
+    assert second.side == -1  # 50 % > 2 x 10 %
+
+
+def frontier_rows(points: dict[tuple[str, int], dict], sets=("Set5", "B100"), seeds=(0, 1)) -> pd.DataFrame:
+    rows = []
+    for (variant, iterations), values in points.items():
+        for seed in seeds:
+            for set_name in sets:
+                rows.append({"setting": "sr_x2", "variant": variant, "seed": seed, "iterations": iterations,
+                             "set": set_name, "departures": "", **(values(seed) if callable(values) else values)})
+    return pd.DataFrame(rows)
+
+
+def test_the_training_length_table_takes_each_budget_against_the_backbone_of_that_budget(tmp_path: Path) -> None:
+    def psnr(base: float):
+        return lambda seed: {"psnr": base + 0.02 * seed, "attention": "none", "val_psnr": base}
+    points = {("backbone", 600): psnr(35.0), ("backbone", 2400): psnr(36.5),
+              ("acla lk=0.001", 600): lambda s: {**psnr(34.9)(s), "attention": "acla"},
+              ("acla lk=0.001", 2400): lambda s: {**psnr(36.6)(s), "attention": "acla"},
+              ("cla K=1", 600): lambda s: {**psnr(35.0)(s), "attention": "cla"}}  # one budget only: left out
+    (tmp_path / "frontier").mkdir()
+    frontier_rows(points).to_csv(tmp_path / "frontier" / "frontier.csv", index=False)
+    table = training_length(tmp_path)
+    assert set(table.variant) == {"backbone", "acla lk=0.001"}
+    acla = table[(table.variant == "acla lk=0.001") & (table.set == "Set5")].set_index("iterations")
+    assert acla.delta[600] == pytest.approx(-0.1) and acla.delta[2400] == pytest.approx(0.1)
+    assert acla.delta_se[600] == pytest.approx(math.sqrt(2 * 0.02 ** 2 / 2 / 2))  # std 0.0141 each, n 2 each
+    single = frontier_rows({("backbone", 600): psnr(35.0)})
+    single.to_csv(tmp_path / "frontier" / "frontier.csv", index=False)
+    assert training_length(tmp_path).empty  # one budget: nothing to say about training length
+
+
+def test_gates_that_still_move_neither_support_nor_contradict_adaptivity(tmp_path: Path) -> None:
+    folder = tmp_path / "sr" / "frontier"
+    folder.mkdir(parents=True)
+    base = {"attention": "acla", "psnr": 35.0, "ssim": 0.9, "val_psnr": 35.0, "open_keys": 10.0, "gflops": 1.0,
+            "mode_share_min": 0.5, "mode_share_max": 0.9, "num_keys": 9, "keys_per_query": 24.75, "modules": 4}
+    frame = frontier_rows({("acla lk=0", 600): {**base, "adaptive_modules": 4},  # no key budget: not a test
+                           ("acla lk=0.001", 600): {**base, "adaptive_modules": 0},
+                           ("acla lk=0.0003", 600): {**base, "adaptive_modules": 2}})
+    frame["key_budget_weight"] = frame.variant.str.removeprefix("acla lk=").astype(float)
+    frame.to_csv(folder / "frontier.csv", index=False)
+    curves = [{"setting": "sr_x2", "variant": "acla lk=0.0003", "seed": 0, "iterations": 600,
+               "metric": "gates/block1/open_mean", "step": step, "value": value} for step, value in ((1, 9.0), (2, 7.0))]
+    pd.DataFrame(curves).to_csv(folder / "curves.csv", index=False)
+    comparisons, _ = adaptive_comparisons(tmp_path)
+    assert [c.side for c in comparisons] == [-1, 0]  # 1e-3 degenerate; 3e-4 adapts but its gates still moved
+    assert word(comparisons) == "contradicted"  # half against, none for
+
+
+def test_a_headline_key_summary_fails_adaptivity_only_when_the_mean_is_degenerate(tmp_path: Path) -> None:
+    for name, means in (("degenerate", {"1": 1.0, "2": 1.0, "4": 1.0}), ("unknown", {"1": 4.0, "2": 9.0, "4": 1.0})):
+        keys = tmp_path / name / "sr" / "evaluate" / "sr_x2" / "keys"
+        keys.mkdir(parents=True)
+        (keys / "summary.json").write_text(json.dumps({"setting": "sr_x2", "image": "Set5/baby", "mean_open_keys": means,
+                                                       "keys_per_query": {"1": 9, "2": 18, "4": 36}}))
+    assert [c.side for c in adaptive_comparisons(tmp_path / "degenerate")[0]] == [-1]
+    assert [c.side for c in adaptive_comparisons(tmp_path / "unknown")[0]] == [0]  # spread not measured
+
+
+def test_the_verdict_table_has_a_row_per_claim_and_a_column_per_profile() -> None:
+    claims = pd.DataFrame([{"claim": CLAIMS["sr"], "word": "contradicted", "evidence": "Set5 -0.074 ± 0.029 dB",
+                            "scale": "tiny", "for": 0, "against": 1, "comparisons": 1}])
+    text = verdict_markdown({"`cpu` (cpu)": claims, "`cpu-long` (cpu)": claims.iloc[:0]})
+    lines = text.splitlines()
+    assert lines[0] == "| claim | `cpu` (cpu) | `cpu-long` (cpu) |" and len(lines) == 2 + len(CLAIMS)
+    assert "**contradicted** (0 for, 1 against of 1): Set5 -0.074 ± 0.029 dB. Scale: tiny | not measured |" in text
