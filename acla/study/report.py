@@ -549,8 +549,12 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
 
 PROFILE_NOTES = {
     "cpu": "learned results on the real benchmarks at a 2-core budget: tiny EDSR (8 x 32) trained minutes per model "
-           "on T91 (SR x2) and Train400 (gray denoising), scored on whole benchmark images, seeds as listed; "
-           "demosaicing and JPEG not run; far from the paper's scale",
+           "on T91 (SR x2, demosaicing) and Train400 (gray denoising, JPEG q10), scored on whole benchmark images, "
+           "seeds as listed; far from the paper's scale",
+    "cpu-long": "SR x2 at the cpu profile's scale against training length: the backbone, CLA K=9 and ACLA, each a whole "
+                "cosine schedule of every budget listed, 2 seeds each",
+    "cpu-gates": "SR x2 at the cpu profile's scale: ACLA's gates (accuracy against keys per query at several λk, CLA at "
+                 "K 1, 4, 9, and the remedies that depart from the spec's recipe), 2 seeds each",
     "smoke": "a pipeline check, not a result: tiny networks trained for seconds each on the bundled images (the "
              "iterations are in each task's line); at 250 iterations the same code and seeds gave SR x2 "
              "Δ(ACLA − backbone) +0.06 dB on one CPU and −0.83 dB on another, because float summation order "
