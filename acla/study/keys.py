@@ -166,3 +166,30 @@ def key_maps_report(model: torch.nn.Module, setting: str, set_name: str, out_dir
                "keys_per_query": {str(b): int(m.keys_per_query) for b, m in modules.items()}}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def local_activity(image: np.ndarray, side: int = 5) -> np.ndarray:
+    """The standard deviation of the luminance over a ``side`` x ``side`` window around each pixel (reflected at the
+    border): how much the image changes where a query sits (``query_kinds``' flatness measure)."""
+    gray = image.astype(np.float64).mean(axis=-1) if image.ndim == 3 else image.astype(np.float64)
+    padded = np.pad(gray, side // 2, mode="reflect")
+    return np.lib.stride_tricks.sliding_window_view(padded, (side, side)).std(axis=(-2, -1))
+
+
+def open_keys_against_activity(folder: Path) -> dict[str, float]:
+    """Block -> Spearman correlation, over the query pixels of ``key_maps_report``'s image (``folder``), between the
+    keys a query keeps open and the local activity of the network input there: positive when busy areas keep more
+    keys ("more where it pays"), near 0 when the gates ignore the image; NaN where every query keeps as many."""
+    from PIL import Image
+
+    maps = np.load(Path(folder) / "open_key_maps.npz")
+    activity = local_activity(np.asarray(Image.open(Path(folder) / "input.png")))
+    found = {}
+    for block in maps.files:
+        counts = maps[block]
+        if counts.shape != activity.shape or np.all(counts == counts.flat[0]):
+            found[block] = float("nan")
+            continue
+        found[block] = float(pd.Series(counts.ravel()).corr(pd.Series(activity.ravel()), method="spearman"))
+    return found
+

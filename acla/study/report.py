@@ -18,6 +18,7 @@ import pandas as pd
 from acla.config import PROFILES
 from acla.files import atomic_write_text, slug
 from acla.study import figures as draw
+from acla.study.keys import open_keys_against_activity
 from acla.study.tables import (
     NETWORKS,
     ablation_table,
@@ -168,6 +169,23 @@ TRAINING_LENGTH_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set",
 TRAINING_LENGTH_NOTE = ("Every budget is a whole cosine schedule of that many iterations (not a point on a longer run's "
                         "curve), each point trained once per seed; Δ is the point's mean PSNR less the backbone's at the "
                         "same budget, ± the standard error of independent seeds, sqrt(s_a²/n_a + s_b²/n_b).\n\n")
+
+
+def activity_sentence(keys_dir: Path) -> str:
+    """Do the open keys follow the image? Per ACLA point and key image whose gates vary across queries, the Spearman
+    correlation of each module's open keys with the input's 5 x 5 local standard deviation
+    (``acla.study.keys.open_keys_against_activity``)."""
+    found = []
+    for folder in sorted(keys_dir.glob("*/*/")):
+        rho = {block: value for block, value in open_keys_against_activity(folder).items() if not np.isnan(value)}
+        if rho:
+            found.append(f"{folder.parent.name} on {folder.name}: "
+                         + ", ".join(f"after block {block} ρ {value:+.2f}" for block, value in rho.items()))
+    if not found:
+        return ""
+    return ("Do the open keys follow the image? Spearman ρ between a query's open keys and the local standard deviation "
+            "(5 x 5) of the network input there, for the modules whose queries differ (positive: busy areas keep more "
+            "keys): " + "; ".join(found) + ".\n")
 
 
 def training_length_sentence(table: pd.DataFrame) -> str:
@@ -511,6 +529,7 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
             for folder in sorted((task_dir / "frontier" / "keys").glob("*/*/")):
                 drawn[f"keys of {folder.parent.name} on {folder.name}"] = draw.key_maps(
                     folder, figures / f"keys_{folder.parent.name}_{folder.name}.png")
+            parts.append(activity_sentence(task_dir / "frontier" / "keys"))
         parts.append(links + ".\n")
         for setting_dir in sorted((task_dir / "evaluate").glob("*/")):
             if setting_dir.is_dir():
