@@ -567,9 +567,9 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
 
 
 PROFILE_NOTES = {
-    "cpu": "learned results on the real benchmarks at a 2-core budget: tiny EDSR (8 x 32) trained minutes per model "
-           "on T91 (SR x2, demosaicing) and Train400 (gray denoising, JPEG q10), scored on whole benchmark images, "
-           "seeds as listed; far from the paper's scale",
+    "cpu": "learned results on the real benchmarks at a 2-core budget: tiny EDSR (8 x 32) trained minutes per model, "
+           "scored on whole benchmark images; the tasks, training sets and seeds its section lists; far from the "
+           "paper's scale",
     "cpu-long": "SR x2 at the cpu profile's scale against training length: the backbone, CLA K=9 and ACLA, each a whole "
                 "cosine schedule of every budget listed, 2 seeds each",
     "cpu-gates": "SR x2 at the cpu profile's scale: ACLA's gates (accuracy against keys per query at several λk, CLA at "
