@@ -260,40 +260,49 @@ def gate_diagnostics(curves_csv: Path, path: Path, variant: str | None = None) -
 
 def accuracy_against_keys(frontier: pd.DataFrame, path: Path) -> Path | None:
     """PSNR against the keys a query attends to (mean over the modules), one panel per test set and budget: CLA at
-    each K as a line, ACLA at each lambda_k as points (open circles where its gates were still moving at the end of
+    each K as a line, ACLA at each lambda_k as points (open markers where its gates were still moving at the end of
     training), the remedies (departures from the spec's recipe) as diamonds, the backbone as a dashed line; error bars
-    ± 1 std over seeds."""
+    ± 1 std over seeds. ACLA points at the same count (every key open, or one) are spread a little sideways so that
+    their error bars do not hide each other; one legend below the panels, one colour per point in every panel."""
     if frontier.empty:
         return None
     frontier = frontier.assign(keys=np.where(frontier.attention == "cla", frontier.keys_per_query,
                                              frontier.open_keys_mean))
+    acla = frontier[frontier.attention == "acla"].drop_duplicates("variant").sort_values("key_budget_weight")
+    recipe, remedies = split_departures(acla)
+    colors = dict(zip(recipe.variant, sns.color_palette("flare", max(len(recipe), 1))))
+    colors |= dict(zip(remedies.variant, sns.color_palette("crest", max(len(remedies), 1))))
+    departures = set(remedies.variant)
     panels = list(frontier.groupby(["iterations", "set"], sort=False))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
+    handles: dict[str, object] = {}
     for axis, ((iterations, set_name), data) in zip(axes[0], panels):
         backbone = data[data.attention == "none"]
         if len(backbone):
-            axis.axhline(backbone.psnr_mean.iloc[0], color="gray", linestyle="--", label="backbone")
+            handles["backbone"] = axis.axhline(backbone.psnr_mean.iloc[0], color="gray", linestyle="--")
         cla = data[data.attention == "cla"].sort_values("keys")
         if len(cla):
-            axis.errorbar(cla["keys"], cla.psnr_mean, yerr=cla.psnr_std.fillna(0), marker="s", color="tab:blue",
-                          capsize=3, label="CLA (K = " + ", ".join(str(int(k)) for k in cla.num_keys) + ")")
-        acla = data[data.attention == "acla"].sort_values("key_budget_weight")
-        recipe, remedies = split_departures(acla)
-        points = [(color, "o", row, f"ACLA λk={row.key_budget_weight:g}")
-                  for color, row in zip(sns.color_palette("flare", max(len(recipe), 1)), recipe.itertuples())]
-        points += [(color, "D", row, f"ACLA {row.variant.removeprefix('acla ')} (departure)")
-                   for color, row in zip(sns.color_palette("crest", max(len(remedies), 1)), remedies.itertuples())]
-        for color, marker, row, label in points:
+            label = "CLA (K = " + ", ".join(str(int(k)) for k in cla.num_keys) + ")"
+            handles[label] = axis.errorbar(cla["keys"], cla.psnr_mean, yerr=cla.psnr_std.fillna(0), marker="s",
+                                           color="tab:blue", capsize=3)
+        placed: list[float] = []
+        for row in data[data.attention == "acla"].sort_values("key_budget_weight").itertuples():
             moving = row.gates_moving == "yes"
-            axis.errorbar([row.keys], [row.psnr_mean], yerr=[0 if pd.isna(row.psnr_std) else row.psnr_std],
-                          xerr=[0 if pd.isna(row.open_keys_std) else row.open_keys_std], marker=marker, capsize=3,
-                          color=color, markerfacecolor="none" if moving else color,
-                          label=label + (" (gates still moving)" if moving else ""))
+            crowd = sum(abs(np.log(row.keys / x)) < 0.03 for x in placed)  # points already at (nearly) this count
+            placed.append(row.keys)
+            departure = row.variant in departures
+            label = (f"ACLA {row.variant.removeprefix('acla ')} (departure)" if departure
+                     else f"ACLA λk={row.key_budget_weight:g}") + (" (gates still moving)" if moving else "")
+            handles[label] = axis.errorbar(
+                [row.keys * 1.05 ** crowd], [row.psnr_mean], yerr=[0 if pd.isna(row.psnr_std) else row.psnr_std],
+                xerr=[0 if pd.isna(row.open_keys_std) else row.open_keys_std], marker="D" if departure else "o",
+                capsize=3, color=colors[row.variant], markerfacecolor="none" if moving else colors[row.variant])
         axis.set(xscale="log", xlabel="keys per query (open, mean over modules)", ylabel="PSNR (dB)",
                  title=f"{set_name}, {int(iterations)} iterations")
-        axis.legend(fontsize=7)
-    figure.suptitle("Accuracy against keys per query: CLA's fixed K against ACLA's gated keys (± 1 std over seeds)",
-                    y=1.02)
+    figure.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
+                  fontsize=8, frameon=False)
+    figure.suptitle("Accuracy against keys per query: CLA's fixed K against ACLA's gated keys (± 1 std over seeds; "
+                    "open markers: gates still moving at the end of training)", y=1.02)
     return _save(figure, path)
 
 
