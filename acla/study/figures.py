@@ -140,11 +140,12 @@ def sampled_keys(keys_dir: Path, path: Path) -> Path | None:
     return _save(figure, path)
 
 
-def key_maps(folder: Path, path: Path, half: int = 12) -> Path | None:
+def key_maps(folder: Path, path: Path, half: int = 12, zoom: int = 3) -> Path | None:
     """What the gates of each ACLA module did on one image (``acla.study.keys.key_maps_report``). Top row: the
     network input and, per module, the open keys of every query pixel. Below, one row per query kind (edge,
-    texture, flat): a (2 half) px crop around the query (*), per module, with each key's fixed grid position p + p_k
-    (+) joined to its learned position p + p_k + dp (o filled: open; o hollow: closed), coloured by reference."""
+    texture, flat): a (2 half) px crop around the query (*), then per module a (2 zoom + 1) px crop, where the keys
+    (a few pixels from their query) are visible, with each key's fixed grid position p + p_k (+) joined to its
+    learned position p + p_k + dp (o filled: open; o hollow: closed), coloured by reference."""
     csv = folder / "zoomed_keys.csv"
     if not csv.is_file():
         return None
@@ -174,7 +175,8 @@ def key_maps(folder: Path, path: Path, half: int = 12) -> Path | None:
         qy, qx = int(part.query_y.iloc[0]), int(part.query_x.iloc[0])
         for column, axis in enumerate(axes[row]):
             axis.imshow(image, cmap=cmap, interpolation="nearest")
-            axis.set(xlim=(qx - half - 0.5, qx + half - 0.5), ylim=(qy + half - 0.5, qy - half - 0.5), xticks=[], yticks=[])
+            side = half if column == 0 else zoom + 0.5
+            axis.set(xlim=(qx - side - 0.5, qx + side - 0.5), ylim=(qy + side - 0.5, qy - side - 0.5), xticks=[], yticks=[])
             axis.scatter([qx], [qy], marker="*", s=120, color="yellow", edgecolors="black", linewidths=0.6, zorder=4)
             if column == 0:
                 axis.set_title(f"{kind} query ({qx}, {qy}), {2 * half} px", fontsize=9)
@@ -188,7 +190,8 @@ def key_maps(folder: Path, path: Path, half: int = 12) -> Path | None:
                 axis.scatter([r.grid_x], [r.grid_y], marker="+", s=25, color=color, zorder=3)
                 axis.scatter([r.x], [r.y], marker="o", s=size, zorder=3, edgecolors=color, linewidths=1.2,
                              facecolors=color if r.open else "none")
-            axis.set_title(f"after block {block}: {int(here.open.sum())} of {len(here)} open", fontsize=9)
+            axis.set_title(f"after block {block}: {int(here.open.sum())} of {len(here)} open ({2 * zoom + 1} px)",
+                           fontsize=9)
     handles = [plt.Line2D([], [], color=color, marker="o", linestyle="", label=f"reference F^{layer}")
                for layer, color in colors.items()]
     axes[-1, -1].legend(handles=handles, fontsize=7, loc="lower right")
