@@ -15,6 +15,7 @@ from acla.study.verdict import (
     Comparison,
     adaptive_comparisons,
     efficiency_comparisons,
+    placement_comparisons,
     psnr_comparison,
     verdict_markdown,
     word,
@@ -120,3 +121,19 @@ def test_the_verdict_table_has_a_row_per_claim_and_a_column_per_profile() -> Non
     lines = text.splitlines()
     assert lines[0] == "| claim | `cpu` (cpu) | `cpu-long` (cpu) |" and len(lines) == 2 + len(CLAIMS)
     assert "**contradicted** (0 for, 1 against of 1): Set5 -0.074 ± 0.029 dB. Scale: tiny | not measured |" in text
+
+
+def test_placements_compare_the_searched_locations_with_other_placements_only(tmp_path: Path) -> None:
+    folder = tmp_path / "sr" / "ablation"
+    folder.mkdir(parents=True)
+    rows = []
+    for variant, insert, modules, psnr in (("acla", "1 2 4 6", 4, 35.30), ("acla K=4", "1 2 4 6", 4, 35.0),
+                                           ("acla random", "3 4 5 7", 4, 35.10), ("acla every", "1 2 3 4 5 6 7 8", 8,
+                                                                                   35.5)):
+        for seed in (0, 1):
+            rows.append({"setting": "sr_x2", "variant": variant, "seed": seed, "insert": insert, "modules": modules,
+                         "val_psnr": psnr + 0.01 * seed, "val_set": "Set5", "iterations": 600})
+    pd.DataFrame(rows).to_csv(folder / "ablation.csv", index=False)
+    comparisons, _ = placement_comparisons(tmp_path)
+    assert len(comparisons) == 1  # K=4 is no placement; 'every' has twice the modules: not at equal cost
+    assert "acla random" in comparisons[0].text and comparisons[0].side == 1

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from acla.config import ABLATION_INSERTIONS
 from acla.study.tables import BACKBONE_NAMES, frontier_table, headline, split_departures, stage_provenance
 
 RULE = ("Each claim is tested by comparisons, each a measured difference d with a noise band e (2 standard errors "
@@ -177,7 +178,8 @@ def placement_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
             continue
         searched = runs[runs.variant == "acla"]
         found = len(comparisons)
-        for variant, other in runs[runs.variant.str.startswith("acla ")].groupby("variant", sort=False):
+        placements = runs[runs.variant.isin([f"acla {name}" for name in ABLATION_INSERTIONS])]  # not K or modules
+        for variant, other in placements.groupby("variant", sort=False):
             if other.modules.iloc[0] != searched.modules.iloc[0]:
                 continue
             comparisons.append(psnr_comparison(
