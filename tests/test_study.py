@@ -368,7 +368,7 @@ def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study,
     assert (tmp_path / "runs" / "ci" / "sr" / "frontier" / "it6" / "sr_x2" / "acla_lk0_01" / "seed1" / "last.pt").is_file()
     assert (tmp_path / "runs" / "ci" / "sr" / "frontier" / f"it{iterations}" / "sr_x2" / "acla_lk0_01" / "seed1" /
             "last.pt").is_file()
-    rows = table.set_index(["variant", "seed"])
+    rows = table[table.iterations == iterations].set_index(["variant", "seed"])  # the first budget: every point
     backbone, cla, acla = rows.loc[("backbone", 0)], rows.loc[("cla K=1", 0)], rows.loc[("acla lk=0", 0)]
     assert backbone.open_keys == 0 and cla.open_keys == cla.keys_per_query  # CLA keeps every key: R K per module
     assert 1 <= acla.open_keys <= acla.keys_per_query and 0 < acla.mode_share_max <= 1
