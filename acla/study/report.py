@@ -25,6 +25,7 @@ from acla.study.tables import (
     budget_fit,
     budget_to_reach,
     compare,
+    difference_se,
     frontier_table,
     headline,
     literature_rows,
@@ -255,7 +256,7 @@ def _versus_cla(row, cla) -> str:
     if cla is None:
         return ""
     delta = row.psnr_mean - cla.psnr_mean
-    se = np.sqrt(row.psnr_std ** 2 / row.n_seeds + cla.psnr_std ** 2 / cla.n_seeds)
+    se = difference_se(row.psnr_std, row.n_seeds, cla.psnr_std, cla.n_seeds)
     return (f", against CLA K=9's {cla.psnr_mean:.3f} ± {cla.psnr_std:.3f} with {cla.keys_per_query:.2f}: "
             f"Δ {delta:+.3f} ± {se:.3f} dB ({'exceeds' if abs(delta) > 2 * se else 'within'} twice its standard error)")
 

@@ -187,6 +187,19 @@ def literature_rows(literature: pd.DataFrame, setting: str, set_label: str) -> l
             for r in found.itertuples(index=False)]
 
 
+def difference_se(std_a, n_a, std_b, n_b):
+    """The standard error of a difference of two means over independent seeds, sqrt(s_a²/n_a + s_b²/n_b): the one
+    spread every Δ of the tables, sentences and verdict carries (scalars or Series)."""
+    return np.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b)
+
+
+def noise_word(delta: float, se: float) -> str:
+    """Whether a difference exceeds twice its standard error ("n/a (one seed)" when that is unknown)."""
+    if pd.isna(se):
+        return "n/a (one seed)"
+    return "exceeds noise" if abs(delta) > 2 * se else "within noise"
+
+
 def headline(task_dir: Path) -> pd.DataFrame:
     """Every network against the backbone at equal training budget, per setting and test set: mean ± std over
     seeds, the classical row, and each difference with its standard error (independent seeds:
@@ -205,13 +218,12 @@ def headline(task_dir: Path) -> pd.DataFrame:
         wide = wide.merge(part, on=["setting", "set"], how="right" if method == "backbone" else "left")
     for method in ("acla", "cla"):
         if f"{method}_psnr_mean" in wide:
-            error = np.sqrt(wide[f"{method}_psnr_std"].fillna(0) ** 2 / wide[f"{method}_n_seeds"]
-                            + wide["backbone_psnr_std"].fillna(0) ** 2 / wide["backbone_n_seeds"])
+            error = difference_se(wide[f"{method}_psnr_std"].fillna(0), wide[f"{method}_n_seeds"],
+                                  wide["backbone_psnr_std"].fillna(0), wide["backbone_n_seeds"])
             wide[f"delta_{method}"] = wide[f"{method}_psnr_mean"] - wide["backbone_psnr_mean"]
             wide[f"delta_{method}_se"] = error.where(wide[f"{method}_n_seeds"].gt(1) & wide["backbone_n_seeds"].gt(1))
-            wide[f"delta_{method}_verdict"] = [
-                "n/a (one seed)" if pd.isna(se) else ("exceeds noise" if abs(d) > 2 * se else "within noise")
-                for d, se in zip(wide[f"delta_{method}"], wide[f"delta_{method}_se"])]
+            wide[f"delta_{method}_verdict"] = [noise_word(d, se) for d, se in
+                                               zip(wide[f"delta_{method}"], wide[f"delta_{method}_se"])]
     runs = pd.read_csv(task_dir / "retrain" / "runs.csv")
     wide["iterations"] = runs.iterations.iloc[0]
     return wide
@@ -377,10 +389,8 @@ def training_length(task_dir: Path) -> pd.DataFrame:
     for column in ("psnr_mean", "psnr_std", "n_seeds"):
         table[f"backbone_{column}"] = [backbone[column].get(key, np.nan) for key in keys]
     table["delta"] = table.psnr_mean - table.backbone_psnr_mean
-    table["delta_se"] = np.sqrt(table.psnr_std ** 2 / table.n_seeds + table.backbone_psnr_std ** 2
-                                / table.backbone_n_seeds)
-    table["verdict"] = ["exceeds noise" if abs(d) > 2 * e else "within noise" if e == e else "n/a (one seed)"
-                        for d, e in zip(table.delta, table.delta_se)]
+    table["delta_se"] = difference_se(table.psnr_std, table.n_seeds, table.backbone_psnr_std, table.backbone_n_seeds)
+    table["verdict"] = [noise_word(d, e) for d, e in zip(table.delta, table.delta_se)]
     return table.sort_values(["setting", "set", "variant", "iterations"], ignore_index=True)
 
 

@@ -37,11 +37,17 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from acla.config import ABLATION_INSERTIONS
-from acla.study.tables import BACKBONE_NAMES, frontier_table, headline, split_departures, stage_provenance
+from acla.study.tables import (
+    BACKBONE_NAMES,
+    difference_se,
+    frontier_table,
+    headline,
+    split_departures,
+    stage_provenance,
+)
 
 RULE = ("Each claim is tested by comparisons, each a measured difference d with a noise band e (2 standard errors "
         "over seeds for PSNR; e = 0 for the adaptivity and efficiency tests): a comparison is *for* the claim when "
@@ -99,7 +105,7 @@ def psnr_comparison(a_mean: float, a_std: float, a_n: int, b_mean: float, b_std:
     """a - b with 2 standard errors of independent seeds as the noise band (infinite with one seed)."""
     delta = a_mean - b_mean
     if a_n > 1 and b_n > 1:
-        se = float(np.sqrt(a_std ** 2 / a_n + b_std ** 2 / b_n))
+        se = float(difference_se(a_std, a_n, b_std, b_n))
         return Comparison(delta, 2 * se, f"{where} {delta:+.3f} ± {se:.3f} dB (n={a_n}/{b_n})")
     return Comparison(delta, math.inf, f"{where} {delta:+.3f} dB (one seed)")
 
