@@ -31,6 +31,8 @@ import yaml
 # from the most informative to the least: the front page of reports/ shows the profiles present in this order.
 PROFILES = ("paper", "gpu", "cpu", "cpu-long", "cpu-gates", "smoke", "ci")
 TASKS = ("sr", "denoise", "demosaic", "jpeg")
+# The TrainConfig fields of ACLA's gate recipe that a remedy (FrontierConfig.remedies, issue #28) may change.
+GATE_OPTIONS = ("temperature_start", "temperature_end", "gate_bias", "gate_learning_rate", "straight_through")
 
 
 class ConfigError(ValueError):
@@ -146,8 +148,7 @@ class TrainConfig:
     def departures(self) -> dict[str, object]:
         """The gate options that differ from the spec's recipe (the defaults): name -> value."""
         recipe = TrainConfig()
-        names = ("temperature_start", "temperature_end", "gate_bias", "gate_learning_rate", "straight_through")
-        return {name: getattr(self, name) for name in names if getattr(self, name) != getattr(recipe, name)}
+        return {name: getattr(self, name) for name in GATE_OPTIONS if getattr(self, name) != getattr(recipe, name)}
 
 
 @dataclass(frozen=True)
@@ -260,8 +261,7 @@ class Remedy:
 
     def train_overrides(self) -> dict[str, object]:
         """The ``TrainConfig`` fields this remedy sets."""
-        names = ("gate_bias", "gate_learning_rate", "temperature_start", "temperature_end", "straight_through")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in GATE_OPTIONS if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True)
