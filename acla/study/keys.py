@@ -106,12 +106,10 @@ def query_kinds(image: np.ndarray, margin: int = 12) -> dict[str, tuple[int, int
     border: ``edge`` where the luminance gradient is largest; ``texture`` where the mean gradient over a 7 x 7 window
     is largest among windows without a strong step (their largest gradient below the image's 95th percentile):
     many moderate changes; ``flat`` where the 5 x 5 local standard deviation is smallest."""
-    gray = image.astype(np.float64).mean(axis=-1) if image.ndim == 3 else image.astype(np.float64)
+    gray = luminance(image)
     gy, gx = np.gradient(gray)
     gradient = np.hypot(gx, gy)
-    windows = lambda values, side: np.lib.stride_tricks.sliding_window_view(  # noqa: E731
-        np.pad(values, side // 2, mode="reflect"), (side, side))
-    local_std = windows(gray, 5).std(axis=(-2, -1))
+    local_std = local_activity(image)
     gradient_windows = windows(gradient, 7)
     inside = np.zeros_like(gray, dtype=bool)
     inside[margin:-margin, margin:-margin] = True
@@ -168,12 +166,20 @@ def key_maps_report(model: torch.nn.Module, setting: str, set_name: str, out_dir
     return summary
 
 
+def luminance(image: np.ndarray) -> np.ndarray:
+    """The channel mean of ``image`` (uint8, (H, W[, C])) as float64: the brightness the query kinds are found on."""
+    return image.astype(np.float64).mean(axis=-1) if image.ndim == 3 else image.astype(np.float64)
+
+
+def windows(values: np.ndarray, side: int) -> np.ndarray:
+    """Every ``side`` x ``side`` window of ``values`` (H, W) centred on a pixel, reflected at the border."""
+    return np.lib.stride_tricks.sliding_window_view(np.pad(values, side // 2, mode="reflect"), (side, side))
+
+
 def local_activity(image: np.ndarray, side: int = 5) -> np.ndarray:
     """The standard deviation of the luminance over a ``side`` x ``side`` window around each pixel (reflected at the
     border): how much the image changes where a query sits (``query_kinds``' flatness measure)."""
-    gray = image.astype(np.float64).mean(axis=-1) if image.ndim == 3 else image.astype(np.float64)
-    padded = np.pad(gray, side // 2, mode="reflect")
-    return np.lib.stride_tricks.sliding_window_view(padded, (side, side)).std(axis=(-2, -1))
+    return windows(luminance(image), side).std(axis=(-2, -1))
 
 
 def open_keys_against_activity(folder: Path) -> dict[str, float]:
