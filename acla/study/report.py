@@ -571,8 +571,8 @@ PROFILE_NOTES = {
     "cpu": "learned results on the real benchmarks at a 2-core budget: tiny EDSR (8 x 32) trained minutes per model, "
            "scored on whole benchmark images; the tasks, training sets and seeds its section lists; far from the "
            "paper's scale",
-    "cpu-long": "SR x2 at the cpu profile's scale against training length: the backbone, CLA K=9 and ACLA, each a whole "
-                "cosine schedule of every budget listed, 2 seeds each",
+    "cpu-long": "SR x2 at the cpu profile's scale against training length: the backbone, ACLA and the gate-bias-0 "
+                "remedy, each a whole cosine schedule of every budget listed, CLA K=9 at the first; 2 seeds each",
     "cpu-gates": "SR x2 at the cpu profile's scale: ACLA's gates (accuracy against keys per query at several λk, CLA at "
                  "K 1, 4, 9, and the remedies that depart from the spec's recipe), 2 seeds each",
     "smoke": "a pipeline check, not a result: tiny networks trained for seconds each on the bundled images (the "
