@@ -33,7 +33,7 @@ from acla.config import Remedy, Study, TaskConfig, load_study
 from acla.data import open_set
 from acla.data.sets import resolve_data_root
 from acla.engine.efficiency import closed_key_flops, inference_flops
-from acla.engine.gates import OpenKeyTally, gated_modules, sampled_modules
+from acla.engine.gates import OpenKeyTally, adaptive, gated_modules, sampled_modules
 from acla.engine.train import Distributed, ModelSpec, load_model, train, validate
 from acla.files import atomic_write_text, slug
 from acla.models.backbones import BACKBONES, insertion_locations
@@ -100,13 +100,6 @@ def remedy_label(remedy: Remedy) -> str:
 def frontier_overrides(task: TaskConfig) -> dict[str, dict]:
     """Frontier label -> the ``TrainConfig`` fields its runs change (the remedies'; none for the other points)."""
     return {remedy_label(remedy): remedy.train_overrides() for remedy in task.frontier.remedies}
-
-
-def adaptive(stats: dict[str, float], block: int, keys_per_query: int) -> bool:
-    """Issue #28's test of one ACLA module on a test set: no open-key count holds more than 80 % of the queries,
-    and the mean lies between 10 % and 90 % of its R K keys (a CLA module, without gate statistics, never is)."""
-    share, mean = stats.get(f"gates/block{block}/mode_share"), stats.get(f"gates/block{block}/open_mean")
-    return share is not None and share <= 0.8 and 0.1 * keys_per_query <= mean <= 0.9 * keys_per_query
 
 
 def describe(spec: ModelSpec) -> dict:
