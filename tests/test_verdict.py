@@ -104,14 +104,31 @@ def test_gates_that_still_move_neither_support_nor_contradict_adaptivity(tmp_pat
     assert word(comparisons) == "contradicted"  # half against, none for
 
 
-def test_a_headline_key_summary_fails_adaptivity_only_when_the_mean_is_degenerate(tmp_path: Path) -> None:
-    for name, means in (("degenerate", {"1": 1.0, "2": 1.0, "4": 1.0}), ("unknown", {"1": 4.0, "2": 9.0, "4": 1.0})):
-        keys = tmp_path / name / "sr" / "evaluate" / "sr_x2" / "keys"
-        keys.mkdir(parents=True)
-        (keys / "summary.json").write_text(json.dumps({"setting": "sr_x2", "image": "Set5/baby", "mean_open_keys": means,
-                                                       "keys_per_query": {"1": 9, "2": 18, "4": 36}}))
+def test_the_headline_acla_is_tested_on_its_last_validation_with_the_same_rule(tmp_path: Path) -> None:
+    sizes = {"1": 9, "2": 18, "4": 36}
+    # per case: each module's (mode share, open keys) at the last two validations, for two seeds
+    cases = {"degenerate": [((1.0, 1.0), (1.0, 1.0))] * 3,  # one key per query everywhere: fails, settled
+             "adapting": [((0.5, 3.0), (0.5, 3.0)), ((0.6, 6.0), (0.6, 6.0)), ((1.0, 36.0), (1.0, 36.0))],
+             "moving": [((0.5, 5.0), (0.5, 3.0)), ((0.6, 6.0), (0.6, 6.0)), ((1.0, 36.0), (1.0, 36.0))]}
+    for name, modules in cases.items():
+        task = tmp_path / name / "sr"
+        (task / "evaluate" / "sr_x2" / "keys").mkdir(parents=True)
+        (task / "retrain").mkdir()
+        (task / "evaluate" / "sr_x2" / "keys" / "summary.json").write_text(json.dumps(
+            {"setting": "sr_x2", "image": "Set5/baby", "mean_open_keys": {}, "keys_per_query": sizes}))
+        rows = [{"metric": f"gates/block{block}/{metric}", "step": step, "value": value, "setting": "sr_x2",
+                 "variant": "acla", "seed": seed}
+                for block, history in zip(sizes, modules) for seed in (0, 1)
+                for step, (share, mean) in zip((300, 600), history)
+                for metric, value in (("mode_share", share), ("open_mean", mean))]
+        pd.DataFrame(rows).to_csv(task / "retrain" / "curves.csv", index=False)
     assert [c.side for c in adaptive_comparisons(tmp_path / "degenerate")[0]] == [-1]
-    assert [c.side for c in adaptive_comparisons(tmp_path / "unknown")[0]] == [0]  # spread not measured
+    adapting = adaptive_comparisons(tmp_path / "adapting")[0]
+    assert [c.side for c in adapting] == [1] and "2.0/3 modules adapting" in adapting[0].text  # 2 of 3 pass
+    moving = adaptive_comparisons(tmp_path / "moving")[0]
+    assert [c.side for c in moving] == [0] and "gates still moving" in moving[0].text
+    (tmp_path / "degenerate" / "sr" / "retrain" / "curves.csv").unlink()
+    assert adaptive_comparisons(tmp_path / "degenerate")[0] == []  # no gate statistics: not measured
 
 
 def test_the_verdict_table_has_a_row_per_claim_and_a_column_per_profile() -> None:

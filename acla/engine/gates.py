@@ -97,7 +97,7 @@ class OpenKeyTally:
 
 
 def adaptive(stats: dict[str, float], block: int, keys_per_query: int) -> bool:
-    """Issue #28's test of one ACLA module on a test set: no open-key count holds more than 80 % of the queries,
+    """Issue #28's test of one ACLA module on a set of images: no open-key count holds more than 80 % of the queries,
     and the mean lies between 10 % and 90 % of its R K keys (a CLA module, without gate statistics, never is)."""
     share, mean = stats.get(f"gates/block{block}/mode_share"), stats.get(f"gates/block{block}/open_mean")
     return share is not None and share <= 0.8 and 0.1 * keys_per_query <= mean <= 0.9 * keys_per_query

@@ -415,12 +415,17 @@ def gates_moving(curves_csv: Path, tolerance: float = 0.05) -> dict[tuple[str, i
     curves = pd.read_csv(curves_csv)
     if curves.empty or "metric" not in curves:
         return {}
+    return {(setting, int(iterations), variant): verdict for (setting, iterations, variant), verdict
+            in moving_gates(curves, ["setting", "iterations", "variant"], tolerance).items()}
+
+
+def moving_gates(curves: pd.DataFrame, keys: list[str], tolerance: float = 0.05) -> dict[tuple, str]:
+    """``gates_moving`` of long curves (metric, step, value, seed and ``keys``), grouped by ``keys``."""
     opened = curves[curves.metric.str.endswith("/open_mean")]
-    verdicts: dict[tuple[str, int, str], str] = {}
-    for (setting, iterations, variant, _seed, _metric), group in opened.groupby(
-            ["setting", "iterations", "variant", "seed", "metric"]):
+    verdicts: dict[tuple, str] = {}
+    for group_keys, group in opened.groupby([*keys, "seed", "metric"]):
         values = group.sort_values("step").value.to_numpy()
         changed = len(values) >= 2 and abs(values[-1] - values[-2]) > tolerance
-        key = (setting, int(iterations), variant)
+        key = tuple(group_keys[:len(keys)])
         verdicts[key] = "yes" if changed or verdicts.get(key) == "yes" else "no"
     return verdicts
