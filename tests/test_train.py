@@ -5,6 +5,7 @@ Runs use the bundled images, the tiny backbone and a handful of iterations on sm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,8 +20,11 @@ from conftest import study_params
 
 import acla
 from acla.cli import main as cli_main
+from acla.config import load_config
+from acla.data.sets import resolve_data_root
 from acla.engine.evaluate import tiled_forward
-from acla.engine.train import CheckpointError, ModelSpec, load_checkpoint, source_files
+from acla.engine.reuse import reuse_finished_run
+from acla.engine.train import FINISHED, CheckpointError, ModelSpec, load_checkpoint, source_files, train
 from acla.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +133,31 @@ def test_resume_refuses_another_config_a_corrupt_file_and_a_missing_one(tmp_path
         load_checkpoint(out / "last.pt")
     assert cli_main(["train", "--config", str(config), "--task", "sr_x2", "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "none/last.pt not found" in capsys.readouterr().err
+
+
+def test_a_finished_run_of_the_same_model_config_and_code_is_copied_not_retrained(tmp_path: Path) -> None:
+    config_path = params(tmp_path, iterations=2, checkpoint_every=2)
+    runs = tmp_path / "runs"
+    first = runs / "cpu" / "sr" / "retrain" / "seed0"
+    assert cli_main(["train", "--config", str(config_path), "--task", "sr_x2", "--out", str(first)]) == 0
+    config = load_config(config_path)
+    spec = ModelSpec.from_config("sr_x2", config.model)
+    second = runs / "cpu-long" / "sr" / "frontier" / "seed0"
+    second.mkdir(parents=True)  # an interrupted start left the folder, and no checkpoint, behind
+    assert reuse_finished_run(runs, spec, config, second) == first
+    trained = (second / "last.pt").read_bytes()
+    result = train(spec, config, second, data_root=resolve_data_root(None, config.data.root), resume="auto",
+                   progress=False)
+    assert (second / "last.pt").read_bytes() == trained  # resumed at its last iteration: nothing trained
+    assert_same_weights(final_weights(first), final_weights(second))
+    assert result.last_psnr == pytest.approx(json.loads((first / "dvclive" / "metrics.json").read_text())["val"]["psnr"])
+    assert reuse_finished_run(runs, spec, config, second) is None  # it has a checkpoint of its own now
+    other = dataclasses.replace(config, train=dataclasses.replace(config.train, learning_rate=0.002))
+    assert reuse_finished_run(runs, spec, other, runs / "other" / "seed0") is None  # another config
+    for run in (first, second):
+        (run / FINISHED).unlink()  # no record: not known to be finished
+    assert reuse_finished_run(runs, spec, config, runs / "third" / "seed0") is None
+    assert not (runs / "third").exists()
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path, capsys) -> None:

@@ -38,7 +38,7 @@ from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
 from acla.engine.gates import OpenKeyTally, configure_gates, gate_gradients, gated_modules, parameter_groups
 from acla.engine.live import open_live
-from acla.files import atomic_open
+from acla.files import atomic_open, atomic_write_text
 from acla.images import restore_image
 from acla.models import build_model
 from acla.models.attention import AttentionBase
@@ -143,6 +143,17 @@ def source_digest() -> str:
 def config_hash(spec: ModelSpec, train: TrainConfig) -> str:
     text = json.dumps({"model": spec.as_dict(), "train": dataclasses.asdict(train)}, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The record ``train`` writes beside ``last.pt`` once the run's last iteration is done (acla.engine.reuse).
+FINISHED = "finished.json"
+
+
+def finished_record(spec: ModelSpec, config: Config) -> dict:
+    """What makes two finished runs interchangeable on one machine: the same model and training config, the same
+    training code, the same validation crop (the logged curves depend on it), the same number of iterations."""
+    return {"config_hash": config_hash(spec, config.train), "source_digest": source_digest(),
+            "validation_crop": config.evaluate.crop, "iterations": config.train.iterations}
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,4 +507,6 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         last_psnr, last_ssim = validate(model, task, validation_set, context, settings.seed)
     if live is not None:
         live.end()
+    if context.main:
+        atomic_write_text(out_dir / FINISHED, json.dumps(finished_record(spec, config), indent=2) + "\n")
     return TrainResult(best_psnr, last_psnr, last_ssim, settings.iterations, checkpoint_path)

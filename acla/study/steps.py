@@ -13,7 +13,9 @@ for a profile, and runs its steps over every setting of that task (``sr_x2``, ``
 Outputs that the report reads are small CSV/JSON files under ``reports/study/<profile>/<task>/<step>/``;
 checkpoints go to ``runs/<profile>/<task>/<step>/<setting>/<variant>/seed<k>/`` and training resumes from them
 when the config is unchanged (``resume="auto"``), so an interrupted stage continues where it stopped. Each
-profile has its own folders, so running one never overwrites another's results.
+profile has its own folders, so running one never overwrites another's results; a run that another profile or
+step already finished with the same model, config and training code is copied, not trained again
+(``acla.engine.reuse``; column ``reused_from`` of ``runs.csv``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from acla.data import open_set
 from acla.data.sets import resolve_data_root
 from acla.engine.efficiency import closed_key_flops, inference_flops
 from acla.engine.gates import OpenKeyTally, adaptive, gated_modules, sampled_modules
+from acla.engine.reuse import reuse_finished_run
 from acla.engine.train import Distributed, ModelSpec, load_model, train, validate
 from acla.files import atomic_write_text, slug
 from acla.models.backbones import BACKBONES, insertion_locations
@@ -188,6 +191,11 @@ class TaskStudy:
     def seeds(self) -> tuple[int, ...]:
         return self.config.headline.seeds
 
+    @property
+    def runs_root(self) -> Path:
+        """``runs/``: every profile's checkpoints, where a finished twin of a run may be (acla.engine.reuse)."""
+        return self.runs.parents[1]
+
     def run_dir(self, step: str, setting: str, label: str, seed: int) -> Path:
         return self.runs / step / setting / slug(label) / f"seed{seed}"
 
@@ -223,12 +231,14 @@ class TaskStudy:
                     run_dir = self.run_dir(step, setting, label, seed)
                     seeded = replace(trained, train=replace(trained.train, seed=seed))
                     start = time.perf_counter()
+                    twin = reuse_finished_run(self.runs_root, spec, seeded, run_dir)
                     result = train(spec, seeded, run_dir, data_root=self.data_root, resume="auto",
                                    progress=self.progress)
                     rows.append({"setting": setting, "variant": label, "seed": seed, **columns,
                                  "val_psnr": result.last_psnr, "val_ssim": result.last_ssim,
                                  "seconds": time.perf_counter() - start,
-                                 "checkpoint": str(result.checkpoint.relative_to(self.runs))})
+                                 "checkpoint": str(result.checkpoint.relative_to(self.runs)),
+                                 "reused_from": str(twin.relative_to(self.runs_root)) if twin else ""})
                     curves.append(dvclive_curves(run_dir).assign(setting=setting, variant=label, seed=seed))
         return rows, curves
 
