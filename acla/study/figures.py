@@ -19,7 +19,7 @@ import seaborn as sns
 from PIL import Image
 
 from acla.files import atomic_save_figure
-from acla.study.tables import published_results, split_departures
+from acla.study.tables import published_for, split_departures
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -332,13 +332,9 @@ def training_length(table: pd.DataFrame, path: Path) -> Path | None:
     if len(backbone):
         axis.errorbar(backbone.iterations, backbone.psnr_mean, yerr=backbone.psnr_std.fillna(0), marker="o",
                       capsize=3, color="black", label="backbone (mean ± std)")
-        literature = published_results()
-        setting = str(backbone.setting.iloc[0])
-        for method, color in (("SRCNN", "tab:green"), ("VDSR", "tab:red")):
-            found = literature[(literature.task == "sr") & (literature.setting == setting.split("_", 1)[-1])
-                               & (literature.set == "Set5") & (literature.method == method)]
-            if len(found):
-                axis.axhline(float(found.psnr.iloc[0]), color=color, linestyle=":", label=f"{method} (published)")
+        colors = {"SRCNN": "tab:green", "VDSR": "tab:red"}
+        for row in published_for(str(backbone.setting.iloc[0]), "Set5", tuple(colors)).itertuples():
+            axis.axhline(float(row.psnr), color=colors[row.method], linestyle=":", label=f"{row.method} (published)")
         axis.set(xscale="log", xlabel="iterations", ylabel="PSNR (dB)", title="backbone on Set5")
         axis.legend(fontsize=7)
     figure.suptitle("Training length: does ACLA's difference from its backbone close, stay or grow?", y=1.02)
@@ -353,16 +349,13 @@ def budget_sweep(study: Path, path: Path) -> Path | None:
     if not frames:
         return None
     data = pd.concat(frames, ignore_index=True)
-    literature = published_results()
     panels = list(data.groupby(["task", "setting"]))
     figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.4), squeeze=False)
     for ax, ((task, setting), group) in zip(axes[0], panels):
         sns.lineplot(data=group, x="iterations", y="val_psnr", errorbar=None, marker="o", ax=ax, label="mean")
         sns.scatterplot(data=group, x="iterations", y="val_psnr", color="black", s=12, ax=ax, label="seeds")
         val_set = str(group.val_set.iloc[0])
-        short = setting.split("_", 1)[-1]
-        for row in literature[(literature.task == task) & (literature.setting == short)
-                              & (literature.set == val_set) & literature.method.isin(["bicubic", "SRCNN"])].itertuples():
+        for row in published_for(setting, val_set, ("bicubic", "SRCNN")).itertuples():
             ax.axhline(row.psnr, ls="--", lw=1, color="grey")
             ax.annotate(f"{row.method} (published) {row.psnr:.2f}", (group.iterations.min(), row.psnr), fontsize=7,
                         va="bottom")

@@ -34,6 +34,7 @@ from acla.study.tables import (
     number_cell,
     profile_summary,
     published_classical,
+    published_for,
     published_results,
     read_paper_tables,
     split_departures,
@@ -198,11 +199,8 @@ def training_length_sentence(table: pd.DataFrame) -> str:
         steps = ", ".join(f"{int(r.iterations):,} it {r.delta:+.3f} ± {r.delta_se:.3f}" for r in rows.itertuples())
         lines.append(f"{variant} − backbone on {first}: {steps} dB.")
     backbone = table[(table.variant == "backbone") & (table.set == "Set5")]
-    literature = published_results()
     if len(backbone):
-        short = str(backbone.setting.iloc[0]).split("_", 1)[-1]
-        refs = literature[(literature.task == "sr") & (literature.setting == short) & (literature.set == "Set5")
-                          & literature.method.isin(["SRCNN", "VDSR"])]
+        refs = published_for(str(backbone.setting.iloc[0]), "Set5", ("SRCNN", "VDSR"))
         text = ", ".join(f"{int(r.iterations):,} it {r.psnr_mean:.2f} ± {r.psnr_std:.2f}" for r in backbone.itertuples())
         lines.append(f"The backbone on Set5: {text} dB; published "
                      + ", ".join(f"{r.method} {r.psnr:.2f} ({r.source.split(',')[0]})" for r in refs.itertuples()) + ".")
@@ -272,12 +270,9 @@ def budget_sentence(task_dir: Path) -> str:
         return ""
     curves = pd.read_csv(curves_csv)
     sweep = pd.read_csv(sweep_csv) if sweep_csv.is_file() else pd.DataFrame(columns=["setting"])
-    literature = published_results()
     lines = []
     for setting, group in curves[curves.variant == "backbone"].groupby("setting"):
-        _, short = setting.split("_", 1)
-        srcnn = literature[(literature.task == "sr") & (literature.setting == short) & (literature.set == "Set5")
-                           & (literature.method == "SRCNN")]
+        srcnn = published_for(setting, "Set5", ("SRCNN",))
         if srcnn.empty:
             continue
         target = float(srcnn.psnr.iloc[0])

@@ -173,6 +173,15 @@ def literature_key(setting: str) -> tuple[str, str]:
     return task.kind, rest
 
 
+def published_for(setting: str, set_name: str, methods: tuple[str, ...]) -> pd.DataFrame:
+    """The published rows (``published_results``) of ``methods`` for one of our settings on one set: the values
+    the report and the figures draw beside ours (SRCNN and VDSR on Set5 for ``sr_x2``, ...)."""
+    kind, short = literature_key(setting)
+    literature = published_results()
+    return literature[(literature.task == kind) & (literature.setting == short) & (literature.set == set_name)
+                      & literature.method.isin(methods)]
+
+
 def literature_rows(literature: pd.DataFrame, setting: str, set_label: str) -> list[dict]:
     """Published rows of other methods for ``setting`` on the set labelled ``set_label``, marked as literature.
     A partial or cropped set (``Urban100 (partial 19/100)``) matches nothing: a full-set number is never
