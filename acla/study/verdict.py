@@ -154,30 +154,36 @@ def adaptive_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
             recipe, _ = split_departures(frontier)
             points = recipe[(recipe.attention == "acla") & (recipe.key_budget_weight > 0)]
             points = points[points.set == points.set.iloc[-1]] if len(points) else points
-            for r in points.itertuples():
-                moving = r.gates_moving == "yes"
-                adapts = r.adaptive_modules_mean >= r.modules / 2
-                comparisons.append(Comparison(math.nan if moving else 1.0 if adapts else -1.0, 0.0,
-                                              f"λk={r.key_budget_weight:g} at {int(r.iterations)} it: "
-                                              f"{r.adaptive_modules_mean:.1f}/{int(r.modules)} modules adapting, "
-                                              f"{r.open_keys_mean:.2f} of {r.keys_per_query:.2f} keys"
-                                              + (" (gates still moving)" if moving else "")))
+            comparisons += [gate_comparison(f"λk={r.key_budget_weight:g} at {int(r.iterations)} it",
+                                            r.adaptive_modules_mean, int(r.modules), r.open_keys_mean,
+                                            r.keys_per_query, r.gates_moving == "yes")
+                            for r in points.itertuples()]
             if len(points):
                 scales.append(scale(task_dir, int(points.iterations.max())) + f" (open keys on {points.set.iloc[-1]})")
             continue
+        retrain = stage_provenance(task_dir, "retrain")
         for summary_path in sorted((task_dir / "evaluate").glob("*/keys/summary.json")):
-            found = headline_gate_comparison(task_dir, json.loads(summary_path.read_text()))
+            found = headline_gate_comparison(task_dir, json.loads(summary_path.read_text()), retrain)
             if found is not None:
                 comparisons.append(found)
-                scales.append(scale(task_dir, int(stage_provenance(task_dir, "retrain").get("train", {})
-                                                  .get("iterations", 0))))
+                scales.append(scale(task_dir, int(retrain.get("train", {}).get("iterations", 0))))
     return comparisons, "; ".join(dict.fromkeys(scales))
 
 
-def headline_gate_comparison(task_dir: Path, summary: dict) -> Comparison | None:
+def gate_comparison(label: str, adapting: float, modules: int, open_keys: float, keys_per_query: float,
+                    moving: bool, where: str = "") -> Comparison:
+    """One ACLA model against issue #28's test: for when at least half its ``modules`` adapt (``adapting``, mean
+    over seeds), against when fewer do, neutral while its gates still move."""
+    side = math.nan if moving else 1.0 if adapting >= modules / 2 else -1.0
+    return Comparison(side, 0.0, f"{label}: {adapting:.1f}/{modules} modules adapting, {open_keys:.2f} of "
+                                 f"{keys_per_query:.2f} keys{where}" + (" (gates still moving)" if moving else ""))
+
+
+def headline_gate_comparison(task_dir: Path, summary: dict, retrain: dict) -> Comparison | None:
     """Issue #28's test of the headline ACLA (every seed) on its gate statistics at the last validation of its
     training (``retrain/curves.csv``, on the validation set), with the frontier's rule for gates still moving.
-    The key summary of the evaluation gives each module's R K. None without gate statistics."""
+    The key summary of the evaluation gives each module's R K, ``retrain`` (the stage's provenance) λk, budget and
+    validation set. None without gate statistics."""
     curves_csv = task_dir / "retrain" / "curves.csv"
     if not curves_csv.is_file():
         return None
@@ -192,17 +198,13 @@ def headline_gate_comparison(task_dir: Path, summary: dict) -> Comparison | None
         stats = dict(zip(last.metric, last.value))
         adapting.append(sum(adaptive(stats, block, size) for block, size in sizes.items()))
         open_keys.append(sum(stats.get(f"gates/block{b}/open_mean", math.nan) for b in sizes) / len(sizes))
-    moving = moving_gates(gates, ["setting"]).get((setting,)) == "yes"
-    mean_adapting = sum(adapting) / len(adapting)
-    retrain = stage_provenance(task_dir, "retrain")
     weight = retrain.get("model", {}).get("key_budget_weight", math.nan)
     iterations = int(retrain.get("train", {}).get("iterations", 0))
     where = retrain.get("train", {}).get("validation_set", "the validation set")
-    side = math.nan if moving else 1.0 if mean_adapting >= len(sizes) / 2 else -1.0
-    keys = f"{sum(open_keys) / len(open_keys):.2f} of {sum(sizes.values()) / len(sizes):.2f} keys"
-    return Comparison(side, 0.0, f"{setting} λk={weight:g} at {iterations} it: {mean_adapting:.1f}/{len(sizes)} "
-                                 f"modules adapting, {keys} on {where} (n={len(adapting)})"
-                                 + (" (gates still moving)" if moving else ""))
+    moving = moving_gates(gates, ["setting"]).get((setting,)) == "yes"
+    return gate_comparison(f"{setting} λk={weight:g} at {iterations} it", sum(adapting) / len(adapting), len(sizes),
+                           sum(open_keys) / len(open_keys), sum(sizes.values()) / len(sizes), moving,
+                           f" on {where} (n={len(adapting)})")
 
 
 def placement_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
