@@ -1,4 +1,4 @@
-"""Insertion-location search (spec section 4) and the derived architecture.
+"""Insertion-location search ((S9), docs/method.md#s9) and the derived architecture.
 
 Every candidate location j (after every G blocks) holds an attention module whose residual is scaled
 by sigmoid(alpha_j). Weights and alphas are updated alternately, first order (DARTS style), on two
@@ -39,7 +39,7 @@ def candidate_locations(num_blocks: int, every: int) -> list[int]:
 
 def module_costs(model: RestorationNet, input_shape: tuple[int, int]) -> dict[int, int]:
     """FLOPs of each attention module at the feature size of a training patch, counted on the reference path
-    (the spec's maths): the fused walk folds W_v into W_z and would give other costs where its kernel builds than
+    (the maths of (S1)-(S5)): the fused walk folds W_v into W_z and would give other costs where its kernel builds than
     where it does not, and so another search."""
     height, width = input_shape
     channels = model.head.out_channels

@@ -1,4 +1,4 @@
-"""EDSR-style backbones with attention insertion points (spec.md section 1).
+"""EDSR-style backbones with attention insertion points (docs/method.md#layers).
 
 EDSR (Lim et al., CVPRW 2017): head conv, a body of residual blocks (conv-ReLU-conv, scaled, plus
 skip) closed by a conv, a global skip from the head output, and a tail (pixel-shuffle upsampler for
@@ -21,7 +21,7 @@ from acla.models.attention import ATTENTIONS, build_attention
 
 # DIV2K RGB mean (EDSR); subtracted at the input and added back at the output of SR models.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-MAX_REFERENCES = 4  # R_max of spec section 1
+MAX_REFERENCES = 4  # R_max of docs/method.md#layers
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class RestorationNet(nn.Module):
         # The sampled modules read their references as channels-last rows: each kept layer is laid out so once,
         # not once per module that reads it (a no-op when the model already runs channels-last).
         self.reference_format = torch.channels_last if attention in ("cla", "acla") else torch.contiguous_format
-        # Search (spec section 4): one architecture parameter per location; block output F + sigmoid(alpha) O.
+        # Search ((S9), docs/method.md#s9): one architecture parameter per location; block output F + sigmoid(alpha) O.
         self.alpha = nn.Parameter(torch.zeros(len(self.references))) if search else None
         self.alpha_index = {location: index for index, location in enumerate(sorted(self.references))}
 
