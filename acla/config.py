@@ -23,16 +23,23 @@ from typing import Any
 
 import yaml
 
+from acla.models.attention import KEY_BUDGET_FORMS
+
 # ci: the size the notebooks default to, so nbval runs each in seconds; smoke: the default study (CPU,
 # minutes, a pipeline check); cpu: learned results on the real benchmarks in at most 90 minutes on 2 cores;
-# cpu-gates: SR x2 at the cpu profile's scale, ACLA's gates (the accuracy-against-keys frontier and the remedies,
-# issue #28), in at most 90 minutes too; cpu-long: SR x2 at the cpu profile's scale against training length (issue
-# #29), in at most 90 minutes; gpu: one GPU, a few minutes a task; paper: the schedule of spec.md section 6. Listed
+# cpu-gates: SR x2 at the cpu profile's scale, ACLA's gates (the accuracy-against-keys frontier and the remedies
+# of docs/method.md#departures), in at most 90 minutes too; cpu-long: SR x2 at the cpu profile's scale against
+# training length, in at most 90 minutes; cpu-budget, cpu-budget-long and cpu-jpeg-long: the key budget's forms
+# (docs/method.md#key-budget-forms) for SR x2 at 600 and 2,400 iterations and for JPEG at 2,400, each in at most 90
+# minutes; gpu: one GPU, a few minutes a task; paper: docs/method.md#schedule. Listed
 # from the most informative to the least: the front page of reports/ shows the profiles present in this order.
-PROFILES = ("paper", "gpu", "cpu", "cpu-long", "cpu-gates", "smoke", "ci")
+PROFILES = ("paper", "gpu", "cpu", "cpu-budget-long", "cpu-budget", "cpu-jpeg-long", "cpu-long", "cpu-gates", "smoke",
+            "ci")
 TASKS = ("sr", "denoise", "demosaic", "jpeg")
-# The TrainConfig fields of ACLA's gate recipe that a remedy (FrontierConfig.remedies, issue #28) may change.
-GATE_OPTIONS = ("temperature_start", "temperature_end", "gate_bias", "gate_learning_rate", "straight_through")
+# The TrainConfig fields of ACLA's gate recipe that a remedy (FrontierConfig.remedies, docs/method.md#departures)
+# may change.
+GATE_OPTIONS = ("temperature_start", "temperature_end", "gate_bias", "gate_learning_rate", "straight_through",
+                "key_budget", "budget_target")
 
 
 class ConfigError(ValueError):
@@ -74,7 +81,7 @@ class ClassicalConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: a backbone preset, an attention variant and where it goes (spec sections 1-5)."""
+    """The network: a backbone preset, an attention variant and where it goes (docs/method.md, (S1)-(S8))."""
 
     backbone: str = "tiny"  # tiny | edsr-baseline | edsr
     attention: str = "acla"  # none | nonlocal | cla-dense | cla | acla
@@ -100,7 +107,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run (spec section 6 for the paper profile; fewer iterations in the others)."""
+    """One training run (docs/method.md#schedule for the paper profile; fewer iterations in the others)."""
 
     iterations: int = 300
     batch_size: int = 16  # global batch, split over the ranks under torchrun
@@ -120,12 +127,14 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False
     num_workers: int = 0
-    temperature_start: float = 1.0  # (S6) Gumbel-sigmoid tau, annealed geometrically (spec: 1 to 0.1)
+    temperature_start: float = 1.0  # (S6) Gumbel-sigmoid tau, annealed geometrically (the recipe: 1 to 0.1)
     temperature_end: float = 0.1
-    # ACLA's gate head (issue #28's remedies; the defaults are the spec's recipe, anything else a labelled departure)
-    gate_bias: float = 2.0  # initial bias of the gate logits W_m (not in the spec: ours, sigmoid(2) = 0.88 open)
-    gate_learning_rate: float = 0.0  # Adam's learning rate for W_m; 0: learning_rate (spec: one optimiser)
+    # ACLA's gate head: the defaults are the recipe (docs/method.md#recipe), anything else a labelled departure
+    gate_bias: float = 2.0  # initial bias of the gate logits W_m (ours, not the paper's: sigmoid(2) = 0.88 open)
+    gate_learning_rate: float = 0.0  # Adam's learning rate for W_m; 0: learning_rate (the recipe: one optimiser)
     straight_through: bool = True  # (S6) hard 0/1 gates forward, relaxed gradient; False: the relaxed gates forward
+    key_budget: str = "linear"  # (S8) the budget's form: linear (the recipe) | target (a departure: w (mean p - t)^2)
+    budget_target: float = 0.5  # t of the target form: the mean gate probability each ACLA module is pulled toward
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "patch_size", "validate_every", "checkpoint_every", "samples_per_epoch"):
@@ -144,16 +153,20 @@ class TrainConfig:
             raise ValueError("train.temperature_end must be in (0, temperature_start]")
         if self.gate_learning_rate < 0:
             raise ValueError(f"train.gate_learning_rate must be >= 0 (0: train.learning_rate), got {self.gate_learning_rate}")
+        if self.key_budget not in KEY_BUDGET_FORMS:
+            raise ValueError(f"train.key_budget: {self.key_budget!r} is not one of {KEY_BUDGET_FORMS}")
+        if not 0 < self.budget_target < 1:
+            raise ValueError(f"train.budget_target must be in (0, 1), got {self.budget_target}")
 
     def departures(self) -> dict[str, object]:
-        """The gate options that differ from the spec's recipe (the defaults): name -> value."""
+        """The gate options that differ from the recipe (the defaults, docs/method.md#recipe): name -> value."""
         recipe = TrainConfig()
         return {name: getattr(self, name) for name in GATE_OPTIONS if getattr(self, name) != getattr(recipe, name)}
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Insertion-location search (spec section 4)."""
+    """Insertion-location search ((S9), docs/method.md#s9)."""
 
     iterations: int = 300
     warmup_fraction: float = 0.25  # first part of the search trains the weights only (alphas see O_j != 0)
@@ -209,7 +222,8 @@ ABLATION_INSERTIONS = ("every", "four-stages", "random")
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """Spec section 5 beside the headline pair (backbone, acla at the searched locations)."""
+    """The ablation variants (docs/method.md#variants) beside the headline pair (backbone, acla at the searched
+    locations)."""
 
     attentions: tuple[str, ...] = ("nonlocal", "cla")  # other modules at the searched locations
     num_keys: tuple[int, ...] = (1, 4, 16)  # K sweep of acla at the searched locations
@@ -242,8 +256,8 @@ class AblationConfig:
 
 @dataclass(frozen=True)
 class Remedy:
-    """One attempt to make ACLA's gates adapt (issue #28): ACLA at ``key_budget_weight`` trained with the gate
-    options of ``TrainConfig`` given here (None: the profile's own), a departure from the spec's recipe."""
+    """One attempt to make ACLA's gates adapt (docs/method.md#departures): ACLA at ``key_budget_weight`` trained with
+    the gate options of ``TrainConfig`` given here (None: the profile's own), a departure from the recipe."""
 
     name: str
     key_budget_weight: float = 0.0
@@ -252,6 +266,8 @@ class Remedy:
     temperature_start: float | None = None
     temperature_end: float | None = None
     straight_through: bool | None = None
+    key_budget: str | None = None
+    budget_target: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -266,12 +282,12 @@ class Remedy:
 
 @dataclass(frozen=True)
 class FrontierConfig:
-    """Accuracy against keys per query (issue #28): ACLA at several key-budget weights lambda_k and CLA at several K,
+    """Accuracy against keys per query: ACLA at several key-budget weights lambda_k and CLA at several K,
     at the searched locations, beside the backbone, over seeds and whole schedules of one or more lengths, scored on
     ``test_sets`` with the open keys counted there. Empty ``budget_weights`` and ``cla_num_keys``: no frontier."""
 
     budget_weights: tuple[float, ...] = ()  # (S8) lambda_k of each ACLA point
-    cla_num_keys: tuple[int, ...] = ()  # K of each CLA point (spec section 5's K ablation)
+    cla_num_keys: tuple[int, ...] = ()  # K of each CLA point (the K ablation of docs/method.md#variants)
     seeds: tuple[int, ...] = (0, 1)
     budgets: tuple[int, ...] = (0,)  # iterations of each whole schedule; 0: train.iterations
     long_points: tuple[str, ...] = ()  # the points (labels) also trained at the budgets after the first

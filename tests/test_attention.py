@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from acla.engine.efficiency import count_flops
 from acla.models import attention, build_attention, build_model
-from acla.models.attention import SampledCrossLayerAttention, key_grid
+from acla.models.attention import KEY_BUDGET_FORMS, SampledCrossLayerAttention, key_grid
 from acla.ops import custom_ops, extension
 from acla.ops import gather as gather_ops
 
@@ -270,6 +270,50 @@ def test_fast_path_equals_the_reference_path(name: str, logits: str, training: b
     assert len(fast) == len(reference) > 5
     for ours, expected in zip(fast, reference):
         assert torch.allclose(ours, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", KEY_BUDGET_FORMS)
+def test_every_key_budget_forms_gradient_equals_the_reference_paths(form: str, gather: str) -> None:
+    """(S8) each form of the key budget, added to a loss of the output: the fast path (the fused walk, whose backward
+    takes the budget's incoming gradient, or torch's ops) gives the reference path's gradients, and the budget loss
+    is the form's formula of the mean gate probability."""
+    module = randomise(build_attention("acla", 16, 3, num_keys=9, budget_weight=0.3, gate_bias=0.0).double(), 13)
+    module.budget_form, module.budget_target = form, 0.25
+    module.train()
+    inputs = [t.requires_grad_() for t in maps(2, 16, 5, 7, count=4, seed=14)]
+
+    def gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        for tensor in [*inputs, *module.parameters()]:
+            tensor.grad = None
+        torch.manual_seed(6)  # the same gate noise on both paths
+        out = module(inputs[0], inputs[1:])
+        budget = module.budget_loss
+        probability = torch.sigmoid(module.gate(inputs[0].detach())).mean()
+        expected = 0.3 * (probability if form == "linear" else (probability - 0.25) ** 2)
+        assert torch.allclose(budget.detach(), expected.detach(), rtol=0, atol=1e-12)
+        (out.sum() * 1e-3 + budget).backward()
+        return budget.detach(), [torch.zeros_like(t) if t.grad is None else t.grad for t in [*inputs, *module.parameters()]]
+
+    fast_budget, fast = gradients()
+    module.fast = False
+    reference_budget, reference = gradients()
+    assert torch.equal(fast_budget, reference_budget) or torch.allclose(fast_budget, reference_budget, atol=1e-14)
+    assert module.gate.weight.grad.abs().sum() > 0
+    for ours, expected in zip(fast, reference):
+        assert torch.allclose(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_the_target_forms_gradient_changes_sign_at_the_target() -> None:
+    """(S8) target form: below t the budget pushes the gates open, above t closed (the linear form always closes)."""
+    signs = {}
+    for bias in (-3.0, 3.0):  # mean gate probability ~0.05 and ~0.95
+        module = build_attention("acla", 8, 2, num_keys=9, budget_weight=1.0, gate_bias=bias).double().train()
+        module.budget_form, module.budget_target = "target", 0.5
+        query, *refs = maps(1, 8, 5, 5, count=3)
+        module(query, refs)
+        module.budget_loss.backward()
+        signs[bias] = float(module.gate.bias.grad.sum().sign())
+    assert signs == {-3.0: -1.0, 3.0: 1.0}  # gradient descent raises low gates and lowers high ones
 
 
 @pytest.mark.parametrize("logits", ["predicted", "dot"])  # predicted: the fused walk where the kernel builds

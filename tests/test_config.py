@@ -138,6 +138,16 @@ def test_gpu_patches_fit_the_smallest_training_image_of_the_data_root(data_root:
             assert task.train.patch_size % parse_task(setting).scale == 0, setting
 
 
+def test_the_key_budgets_form_is_a_labelled_departure_and_checked() -> None:
+    remedy = Remedy("target t=0.25", key_budget_weight=0.01, key_budget="target", budget_target=0.25)
+    train = replace(TrainConfig(), **remedy.train_overrides())
+    assert train.departures() == {"key_budget": "target", "budget_target": 0.25}
+    with pytest.raises(ValueError, match="train.key_budget"):
+        TrainConfig(key_budget="quadratic")
+    with pytest.raises(ValueError, match="train.budget_target"):
+        TrainConfig(key_budget="target", budget_target=1.0)
+
+
 def test_a_remedy_names_its_departures_from_the_spec_recipe() -> None:
     remedy = Remedy("tau 1 fixed", key_budget_weight=3e-4, temperature_end=1.0, straight_through=False)
     assert remedy.train_overrides() == {"temperature_end": 1.0, "straight_through": False}

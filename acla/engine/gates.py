@@ -14,8 +14,9 @@ Per ACLA module (named by the block it follows):
 The gradients take one more forward and two backward passes of the batch, with the random state saved before and
 restored after, so the training run draws the same Gumbel noise and batches as without them.
 
-``configure_gates`` and ``parameter_groups`` apply the training options of the gate head (issue #28's remedies:
-its initial bias, its own learning rate, the relaxed gates forward); their defaults are the spec's recipe.
+``configure_gates`` and ``parameter_groups`` apply the training options of the gate head (the departures of
+docs/method.md#departures: its initial bias, its own learning rate, the relaxed gates forward); their defaults are the
+recipe (docs/method.md#recipe).
 """
 
 from __future__ import annotations
@@ -37,16 +38,19 @@ def gated_modules(model: torch.nn.Module) -> dict[int, SampledCrossLayerAttentio
     return {block: module for block, module in sampled_modules(model).items() if module.adaptive}
 
 
-def configure_gates(model: torch.nn.Module, gate_bias: float, straight_through: bool) -> None:
+def configure_gates(model: torch.nn.Module, gate_bias: float, straight_through: bool, key_budget: str = "linear",
+                    budget_target: float = 0.5) -> None:
     """Start every gate head W_m (S6) at ``gate_bias`` (a constant: no random draw, so the other weights are those of
-    any other bias) and set whether training gates are hard 0/1 forward (straight-through, the spec) or relaxed."""
+    any other bias), set whether training gates are hard 0/1 forward (straight-through, the recipe) or relaxed, and the
+    form of the key budget (S8): ``linear`` (the recipe) or ``target`` with its target ``budget_target``."""
     for module in gated_modules(model).values():
         torch.nn.init.constant_(module.gate.bias, gate_bias)
         module.straight_through = straight_through
+        module.budget_form, module.budget_target = key_budget, budget_target
 
 
 def parameter_groups(model: torch.nn.Module, gate_learning_rate: float) -> list[dict]:
-    """Adam's parameter groups: one group (the spec) when ``gate_learning_rate`` is 0, else the gate heads W_m at
+    """Adam's parameter groups: one group (the recipe) when ``gate_learning_rate`` is 0, else the gate heads W_m at
     ``gate_learning_rate`` and every other parameter at the optimiser's learning rate."""
     gates = [p for module in gated_modules(model).values() for p in module.gate.parameters()]
     if not gate_learning_rate or not gates:
@@ -97,8 +101,9 @@ class OpenKeyTally:
 
 
 def adaptive(stats: dict[str, float], block: int, keys_per_query: int) -> bool:
-    """Issue #28's test of one ACLA module on a set of images: no open-key count holds more than 80 % of the queries,
-    and the mean lies between 10 % and 90 % of its R K keys (a CLA module, without gate statistics, never is)."""
+    """Whether one ACLA module's gates adapt on a set of images (docs/method.md#departures): no open-key count holds
+    more than 80 % of the queries, and the mean lies between 10 % and 90 % of its R K keys (a CLA module, without gate
+    statistics, never is)."""
     share, mean = stats.get(f"gates/block{block}/mode_share"), stats.get(f"gates/block{block}/open_mean")
     return share is not None and share <= 0.8 and 0.1 * keys_per_query <= mean <= 0.9 * keys_per_query
 

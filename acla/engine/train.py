@@ -421,7 +421,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     cuda = context.device.type == "cuda"
     if cuda and settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    configure_gates(model, settings.gate_bias, settings.straight_through)
+    configure_gates(model, settings.gate_bias, settings.straight_through, settings.key_budget, settings.budget_target)
     optimizer = torch.optim.Adam(parameter_groups(model, settings.gate_learning_rate), lr=settings.learning_rate,
                                  betas=(0.9, 0.999), eps=1e-8)
     scheduler = make_scheduler(optimizer, settings)
@@ -475,6 +475,8 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         loss = train_step(forward, optimizer, modules, degraded, target, autocast)
         # this step's open keys, read before validation's calls replace them (and only where they are logged)
         open_keys = [float(m.open_keys) for m in modules] if live is not None else []
+        # (S8) the mean gate probability of the ACLA modules: what the key budget acts on (the target form's t)
+        probabilities = [float(m.key_budget.detach()) for m in modules if getattr(m, "adaptive", False)] if live else []
         scheduler.step()
         if ema is not None:
             ema.update(model)
@@ -497,6 +499,8 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
             if open_keys:
                 live.log_metric("train/open_keys", float(np.mean(open_keys)))
+            if probabilities:
+                live.log_metric("train/gate_probability", float(np.mean(probabilities)))
             live.next_step()
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}")
         if done % settings.checkpoint_every == 0 or done == settings.iterations:

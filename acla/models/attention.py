@@ -1,4 +1,4 @@
-"""The attention family of the study, next to ``shared/paper/spec.md`` (labels (S1)...(S8)).
+"""The attention family of the study: the equations (S1)...(S8) of ``docs/method.md``, in reading order.
 
 Every module has the same interface, so an ablation is one name in ``build_attention``:
 
@@ -9,7 +9,7 @@ and after each call exposes ``open_keys`` (mean number of keys a query attended 
 (mean gate probability, (S8)) and ``budget_loss`` (``budget_weight * key_budget``; zero for the
 non-adaptive modules).
 
-Variants (spec section 5):
+Variants (docs/method.md#variants):
 * ``nonlocal``  dense same-layer embedded-Gaussian non-local attention (Wang et al. 2018); quadratic.
 * ``cla-dense`` every position of every reference is a key; quadratic; dot-product logits only.
 * ``cla``       K keys per reference sampled around the query (S1)-(S5).
@@ -61,10 +61,22 @@ class AttentionBase(nn.Module):
         self.open_keys = torch.tensor(0.0)  # mean keys attended per query, last call
         self.open_key_counts: torch.Tensor | None = None  # (B, H, W) per-query counts, last call (ACLA)
         self.key_budget = torch.tensor(0.0)  # (S8) mean gate probability, last call (0 without gates)
+        # (S8) the form of the key budget (KEY_BUDGET_FORMS; the trainer sets it): "linear", the recipe's, or
+        # "target", a departure from it that the dynamic-network literature trains with
+        self.budget_form = "linear"
+        self.budget_target = 0.5  # t of the "target" form: the mean gate probability the budget pulls toward
 
     @property
     def budget_loss(self) -> torch.Tensor:
-        """(S8) ``lambda_k * mean(sigmoid(s))``, to be added to the training loss."""
+        """(S8) the key budget, to be added to the training loss: ``lambda_k * mean(sigmoid(s))`` (``linear``), or
+        ``lambda_k * (mean(sigmoid(s)) - t)^2`` (``target``).
+
+        Why a target: under Adam the linear form's gradient on the gate head has one sign and a steady size, so every
+        gate moves at the learning rate whatever lambda_k is (all keys open, or one per query); the target form's
+        gradient changes sign at t, so the mean gate probability settles there and each query stays free to open more
+        or fewer keys than the mean (DynamicViT's keep ratio and ConvNet-AIG's target rate are of this form)."""
+        if self.budget_form == "target":
+            return self.budget_weight * (self.key_budget - self.budget_target) ** 2
         return self.budget_weight * self.key_budget
 
     @staticmethod
@@ -187,8 +199,8 @@ class SampledCrossLayerAttention(AttentionBase):
         if num_refs < 1:
             raise ValueError(f"num_refs must be >= 1, got {num_refs}")
         self.num_refs, self.num_keys, self.logit_form, self.adaptive = num_refs, num_keys, logits, adaptive
-        # (S6) training gates hard 0/1 forward with the relaxed gradient (straight-through, the spec); False: the relaxed
-        # gates themselves forward (a departure, issue #28's remedies; the trainer sets it, inference is unaffected)
+        # (S6) training gates hard 0/1 forward with the relaxed gradient (straight-through, the recipe); False: the
+        # relaxed gates forward (a departure, docs/method.md#departures; the trainer sets it, inference is unaffected)
         self.straight_through = True
         self.keys_per_query = num_refs * num_keys
         # (S6) Gumbel-sigmoid tau, which the trainer anneals (``temperature``): a 0-dim buffer rather than a float
@@ -470,6 +482,7 @@ def linear_in_layout_of(query: torch.Tensor, rows: torch.Tensor, weight: torch.T
 
 
 ATTENTIONS = ("none", "nonlocal", "cla-dense", "cla", "acla")
+KEY_BUDGET_FORMS = ("linear", "target")  # (S8) ``AttentionBase.budget_loss``
 
 
 def build_attention(name: str, channels: int, num_refs: int, num_keys: int = 9, **options) -> nn.Module:

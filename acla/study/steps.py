@@ -105,6 +105,15 @@ def frontier_overrides(task: TaskConfig) -> dict[str, dict]:
     return {remedy_label(remedy): remedy.train_overrides() for remedy in task.frontier.remedies}
 
 
+def budget_form(spec: ModelSpec, train_config) -> dict:
+    """The key budget's columns (S8): its form (``linear``, the spec's, or ``target``) and the target t of the target
+    form; empty for the models without gates."""
+    if spec.attention != "acla":
+        return {"key_budget": "", "budget_target": np.nan}
+    target = train_config.budget_target if train_config.key_budget == "target" else np.nan
+    return {"key_budget": train_config.key_budget, "budget_target": target}
+
+
 def describe(spec: ModelSpec) -> dict:
     """The columns that tell variants apart in the tables."""
     insert = spec.insert if isinstance(spec.insert, str) else " ".join(map(str, spec.insert))
@@ -226,7 +235,8 @@ class TaskStudy:
                            "iterations": config.train.iterations, "batch_size": config.train.batch_size,
                            "val_set": open_set(config.train.validation_set, self.data_root, verify=False,
                                                crop=config.evaluate.crop).label,
-                           "departures": " ".join(f"{name}={value}" for name, value in departures.items())}
+                           "departures": " ".join(f"{name}={value}" for name, value in departures.items()),
+                           **budget_form(spec, trained.train)}
                 for seed in seeds:
                     run_dir = self.run_dir(step, setting, label, seed)
                     seeded = replace(trained, train=replace(trained.train, seed=seed))
@@ -381,6 +391,8 @@ class TaskStudy:
             rows.append({**{k: run[k] for k in ("setting", "variant", "seed", "attention", "num_keys", "iterations")},
                          "departures": run.get("departures") if isinstance(run.get("departures"), str) else "",
                          "key_budget_weight": spec.key_budget_weight if spec.attention == "acla" else float("nan"),
+                         "key_budget": run.get("key_budget") if isinstance(run.get("key_budget"), str) else "",
+                         "budget_target": run.get("budget_target", float("nan")),
                          "set": image_set.label, "psnr": psnr, "ssim": ssim, "val_psnr": run["val_psnr"],
                          "open_keys": float(np.mean(list(open_keys.values()))) if open_keys else 0.0,
                          "keys_per_query": float(np.mean(list(keys_per_query.values()))) if keys_per_query else 0.0,
