@@ -39,7 +39,7 @@ TASKS = ("sr", "denoise", "demosaic", "jpeg")
 # The TrainConfig fields of ACLA's gate recipe that a remedy (FrontierConfig.remedies, docs/method.md#departures)
 # may change.
 GATE_OPTIONS = ("temperature_start", "temperature_end", "gate_bias", "gate_learning_rate", "straight_through",
-                "key_budget", "budget_target")
+                "key_budget", "budget_target", "budget_warmup", "budget_multiplier_lr")
 
 
 class ConfigError(ValueError):
@@ -133,8 +133,10 @@ class TrainConfig:
     gate_bias: float = 2.0  # initial bias of the gate logits W_m (ours, not the paper's: sigmoid(2) = 0.88 open)
     gate_learning_rate: float = 0.0  # Adam's learning rate for W_m; 0: learning_rate (the recipe: one optimiser)
     straight_through: bool = True  # (S6) hard 0/1 gates forward, relaxed gradient; False: the relaxed gates forward
-    key_budget: str = "linear"  # (S8) the budget's form: linear (the recipe) | target (a departure: w (mean p - t)^2)
+    key_budget: str = "linear"  # (S8) the budget's form: linear (the recipe) | target | lagrangian (departures)
     budget_target: float = 0.5  # t of the target form: the mean gate probability each ACLA module is pulled toward
+    budget_warmup: float = 0.0  # > 0: t moves linearly from 1 (every key open) to budget_target over this run fraction
+    budget_multiplier_lr: float = 0.01  # Adam's learning rate of the lagrangian form's multipliers (gradient ascent)
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "patch_size", "validate_every", "checkpoint_every", "samples_per_epoch"):
@@ -157,6 +159,9 @@ class TrainConfig:
             raise ValueError(f"train.key_budget: {self.key_budget!r} is not one of {KEY_BUDGET_FORMS}")
         if not 0 < self.budget_target < 1:
             raise ValueError(f"train.budget_target must be in (0, 1), got {self.budget_target}")
+        if not 0 <= self.budget_warmup < 1 or not self.budget_multiplier_lr > 0:
+            raise ValueError(f"train.budget_warmup must be in [0, 1) and train.budget_multiplier_lr > 0, got "
+                             f"{self.budget_warmup} and {self.budget_multiplier_lr}")
 
     def departures(self) -> dict[str, object]:
         """The gate options that differ from the recipe (the defaults, docs/method.md#recipe): name -> value."""
@@ -268,6 +273,8 @@ class Remedy:
     straight_through: bool | None = None
     key_budget: str | None = None
     budget_target: float | None = None
+    budget_warmup: float | None = None
+    budget_multiplier_lr: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():

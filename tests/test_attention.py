@@ -279,6 +279,8 @@ def test_every_key_budget_forms_gradient_equals_the_reference_paths(form: str, g
     is the form's formula of the mean gate probability."""
     module = randomise(build_attention("acla", 16, 3, num_keys=9, budget_weight=0.3, gate_bias=0.0).double(), 13)
     module.budget_form, module.budget_target = form, 0.25
+    multipliers = torch.tensor([0.2, 0.5], dtype=torch.float64)  # lambda_1, lambda_2 of the lagrangian form
+    module.budget_multipliers = multipliers
     module.train()
     inputs = [t.requires_grad_() for t in maps(2, 16, 5, 7, count=4, seed=14)]
 
@@ -289,7 +291,9 @@ def test_every_key_budget_forms_gradient_equals_the_reference_paths(form: str, g
         out = module(inputs[0], inputs[1:])
         budget = module.budget_loss
         probability = torch.sigmoid(module.gate(inputs[0].detach())).mean()
-        expected = 0.3 * (probability if form == "linear" else (probability - 0.25) ** 2)
+        gap = probability - 0.25
+        expected = {"linear": 0.3 * probability, "target": 0.3 * gap ** 2,
+                    "lagrangian": multipliers[0] * gap + multipliers[1] * gap ** 2}[form]
         assert torch.allclose(budget.detach(), expected.detach(), rtol=0, atol=1e-12)
         (out.sum() * 1e-3 + budget).backward()
         return budget.detach(), [torch.zeros_like(t) if t.grad is None else t.grad for t in [*inputs, *module.parameters()]]

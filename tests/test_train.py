@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import study_params
 
 import acla
@@ -133,6 +134,35 @@ def test_resume_refuses_another_config_a_corrupt_file_and_a_missing_one(tmp_path
         load_checkpoint(out / "last.pt")
     assert cli_main(["train", "--config", str(config), "--task", "sr_x2", "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "none/last.pt not found" in capsys.readouterr().err
+
+
+def test_the_lagrangian_budget_raises_its_multipliers_and_resumes_them_exactly(tmp_path: Path) -> None:
+    """(S8) lagrangian form: the multipliers climb while the gates' mean probability sits above a warmed-up target,
+    and a run killed after a mid-run checkpoint resumes to the uninterrupted run's weights and multipliers."""
+    config = params(tmp_path, iterations=8, checkpoint_every=2)
+    raw = yaml.safe_load(config.read_text())
+    raw["defaults"]["train"].update(key_budget="lagrangian", budget_target=0.3, budget_warmup=0.5,
+                                    budget_multiplier_lr=0.05)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    process = run_cli("train", "--config", str(config), "--task", "sr_x2", "--out", str(straight))
+    assert process.wait(timeout=300) == 0, process.stdout.read()
+    multipliers = load_checkpoint(straight / "last.pt")["budget_multipliers"]["values"]
+    assert (multipliers > 0).all(), multipliers  # gate bias 2: mean p ~0.88 > t, so the gap is positive
+
+    process = run_cli("train", "--config", str(config), "--task", "sr_x2", "--out", str(interrupted))
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((interrupted / "last.pt").exists()
+                                          and load_checkpoint(interrupted / "last.pt")["iteration"] >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert load_checkpoint(interrupted / "last.pt")["iteration"] < 8, "the kill came too late"
+    process = run_cli("train", "--config", str(config), "--task", "sr_x2", "--out", str(interrupted), "--resume")
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert_same_weights(final_weights(straight), final_weights(interrupted))
+    assert torch.equal(load_checkpoint(interrupted / "last.pt")["budget_multipliers"]["values"], multipliers)
 
 
 def test_a_finished_run_of_the_same_model_config_and_code_is_copied_not_retrained(tmp_path: Path) -> None:

@@ -42,11 +42,42 @@ def configure_gates(model: torch.nn.Module, gate_bias: float, straight_through: 
                     budget_target: float = 0.5) -> None:
     """Start every gate head W_m (S6) at ``gate_bias`` (a constant: no random draw, so the other weights are those of
     any other bias), set whether training gates are hard 0/1 forward (straight-through, the recipe) or relaxed, and the
-    form of the key budget (S8): ``linear`` (the recipe) or ``target`` with its target ``budget_target``."""
+    form of the key budget (S8): ``linear`` (the recipe), ``target`` or ``lagrangian`` with its ``budget_target``."""
     for module in gated_modules(model).values():
         torch.nn.init.constant_(module.gate.bias, gate_bias)
         module.straight_through = straight_through
         module.budget_form, module.budget_target = key_budget, budget_target
+
+
+class BudgetMultipliers:
+    """lambda_1 and lambda_2 of the lagrangian key budget (S8): shared by every ACLA module of ``model`` and raised by
+    their own Adam with ``maximize`` (gradient ascent on the budget term), so that they grow while a module's mean
+    gate probability misses its target and the pair acts as Lagrange multipliers of mean = t (CoFiPruning's form,
+    docs/method.md#key-budget-forms). They start at 0: the budget is free until the gap appears."""
+
+    def __init__(self, model: torch.nn.Module, learning_rate: float) -> None:
+        device = next(model.parameters()).device
+        self.values = torch.zeros(2, device=device, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.values], lr=learning_rate, maximize=True)
+        for module in gated_modules(model).values():
+            module.budget_multipliers = self.values
+
+    def step(self) -> None:
+        """After the step's backward: raise the multipliers along their gradient, the budget's gap (averaged over the
+        ranks under torchrun, where they live outside the DDP model)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.values.grad is not None:
+            torch.distributed.all_reduce(self.values.grad)
+            self.values.grad /= torch.distributed.get_world_size()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"values": self.values.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.values.copy_(state["values"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def parameter_groups(model: torch.nn.Module, gate_learning_rate: float) -> list[dict]:

@@ -36,7 +36,8 @@ from tqdm import tqdm
 from acla.config import Config, ModelConfig, TrainConfig
 from acla.data import PatchDataset, open_set
 from acla.data.sets import ImageSet
-from acla.engine.gates import OpenKeyTally, configure_gates, gate_gradients, gated_modules, parameter_groups
+from acla.engine.gates import (BudgetMultipliers, OpenKeyTally, configure_gates, gate_gradients, gated_modules,
+                               parameter_groups)
 from acla.engine.live import open_live
 from acla.files import atomic_open, atomic_write_text
 from acla.images import restore_image
@@ -274,6 +275,15 @@ def temperature(iteration: int, config: TrainConfig) -> float:
     return config.temperature_start * (config.temperature_end / config.temperature_start) ** progress
 
 
+def budget_target(iteration: int, config: TrainConfig) -> float:
+    """(S8) t of the target and lagrangian forms: from 1 (every key open) linearly down to ``budget_target`` over the
+    first ``budget_warmup`` of the run (CoFi warms its target sparsity up from 0 so), then ``budget_target``."""
+    if not config.budget_warmup:
+        return config.budget_target
+    progress = min(iteration / (config.budget_warmup * config.iterations), 1.0)
+    return 1.0 - (1.0 - config.budget_target) * progress
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
@@ -422,6 +432,8 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     if cuda and settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     configure_gates(model, settings.gate_bias, settings.straight_through, settings.key_budget, settings.budget_target)
+    lagrangian = settings.key_budget == "lagrangian" and bool(gated_modules(model))
+    multipliers = BudgetMultipliers(model, settings.budget_multiplier_lr) if lagrangian else None
     optimizer = torch.optim.Adam(parameter_groups(model, settings.gate_learning_rate), lr=settings.learning_rate,
                                  betas=(0.9, 0.999), eps=1e-8)
     scheduler = make_scheduler(optimizer, settings)
@@ -442,6 +454,8 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.shadow = state["ema"]
+        if multipliers is not None:
+            multipliers.load_state_dict(state["budget_multipliers"])
         start, best_psnr = state["iteration"], state["best_psnr"]
         set_rng_states(state["rng"])
 
@@ -457,6 +471,7 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     def checkpoint_state(iteration: int) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "ema": ema.shadow if ema else None, "rng": rng_states(), "iteration": iteration,
+                "budget_multipliers": multipliers.state_dict() if multipliers else None,
                 "best_psnr": best_psnr, "architecture": spec.as_dict(), "config_hash": digest,
                 "source_digest": source_digest(),
                 "config": {"model": spec.as_dict(), "train": dataclasses.asdict(settings)}}
@@ -469,10 +484,13 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
     for iteration in bar:
         for module in modules:
             module.temperature = temperature(iteration, settings)
+            module.budget_target = budget_target(iteration, settings)
         degraded, target = (tensor.to(context.device) for tensor in next(stream))
         if cuda and settings.channels_last:
             degraded = degraded.contiguous(memory_format=torch.channels_last)
         loss = train_step(forward, optimizer, modules, degraded, target, autocast)
+        if multipliers is not None:
+            multipliers.step()
         # this step's open keys, read before validation's calls replace them (and only where they are logged)
         open_keys = [float(m.open_keys) for m in modules] if live is not None else []
         # (S8) the mean gate probability of the ACLA modules: what the key budget acts on (the target form's t)
@@ -501,6 +519,9 @@ def train(spec: ModelSpec, config: Config, out_dir: str | Path, *, data_root: Pa
                 live.log_metric("train/open_keys", float(np.mean(open_keys)))
             if probabilities:
                 live.log_metric("train/gate_probability", float(np.mean(probabilities)))
+            if multipliers is not None:
+                for index, value in enumerate(multipliers.values.tolist(), start=1):
+                    live.log_metric(f"train/budget_lambda{index}", value)
             live.next_step()
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}")
         if done % settings.checkpoint_every == 0 or done == settings.iterations:

@@ -64,19 +64,26 @@ class AttentionBase(nn.Module):
         # (S8) the form of the key budget (KEY_BUDGET_FORMS; the trainer sets it): "linear", the recipe's, or
         # "target", a departure from it that the dynamic-network literature trains with
         self.budget_form = "linear"
-        self.budget_target = 0.5  # t of the "target" form: the mean gate probability the budget pulls toward
+        self.budget_target = 0.5  # t of the "target" and "lagrangian" forms: the mean gate probability they pull toward
+        self.budget_multipliers: torch.Tensor | None = None  # (2,) lambda_1, lambda_2 of "lagrangian" (the trainer's)
 
     @property
     def budget_loss(self) -> torch.Tensor:
         """(S8) the key budget, to be added to the training loss: ``lambda_k * mean(sigmoid(s))`` (``linear``), or
-        ``lambda_k * (mean(sigmoid(s)) - t)^2`` (``target``).
+        ``lambda_k * (mean(sigmoid(s)) - t)^2`` (``target``), or ``lambda_1 (mean - t) + lambda_2 (mean - t)^2`` with
+        multipliers that the trainer raises by gradient ascent while the network descends (``lagrangian``, CoFi's).
 
         Why a target: under Adam the linear form's gradient on the gate head has one sign and a steady size, so every
         gate moves at the learning rate whatever lambda_k is (all keys open, or one per query); the target form's
         gradient changes sign at t, so the mean gate probability settles there and each query stays free to open more
         or fewer keys than the mean (DynamicViT's keep ratio and ConvNet-AIG's target rate are of this form)."""
+        gap = self.key_budget - self.budget_target
         if self.budget_form == "target":
-            return self.budget_weight * (self.key_budget - self.budget_target) ** 2
+            return self.budget_weight * gap ** 2
+        if self.budget_form == "lagrangian":
+            if self.budget_multipliers is None:
+                raise RuntimeError("the lagrangian key budget needs its multipliers (acla.engine.gates.BudgetMultipliers)")
+            return self.budget_multipliers[0] * gap + self.budget_multipliers[1] * gap ** 2
         return self.budget_weight * self.key_budget
 
     @staticmethod
@@ -482,7 +489,7 @@ def linear_in_layout_of(query: torch.Tensor, rows: torch.Tensor, weight: torch.T
 
 
 ATTENTIONS = ("none", "nonlocal", "cla-dense", "cla", "acla")
-KEY_BUDGET_FORMS = ("linear", "target")  # (S8) ``AttentionBase.budget_loss``
+KEY_BUDGET_FORMS = ("linear", "target", "lagrangian")  # (S8) ``AttentionBase.budget_loss``
 
 
 def build_attention(name: str, channels: int, num_refs: int, num_keys: int = 9, **options) -> nn.Module:

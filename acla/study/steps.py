@@ -110,7 +110,7 @@ def budget_form(spec: ModelSpec, train_config) -> dict:
     form; empty for the models without gates."""
     if spec.attention != "acla":
         return {"key_budget": "", "budget_target": np.nan}
-    target = train_config.budget_target if train_config.key_budget == "target" else np.nan
+    target = train_config.budget_target if train_config.key_budget != "linear" else np.nan
     return {"key_budget": train_config.key_budget, "budget_target": target}
 
 
