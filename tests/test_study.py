@@ -18,9 +18,11 @@ from acla.study.report import (
     open_keys_sentence,
     render_front_page,
     render_study,
+    resource_table,
     search_sentence,
 )
 from acla.study.steps import TaskStudy, open_task, variant_specs
+from acla.study.verdict import CLAIMS, claims_frame, comparisons_frame, gate_comparison, psnr_comparison
 from acla.study.tables import (
     budget_fit,
     frontier_table,
@@ -206,9 +208,11 @@ def test_the_paper_column_reads_tables_added_later_without_code_changes(ci_study
                           out / "tables" / "ci" / "section.md", tables)
     assert result["tasks"] == ["sr"]
     assert "| 40.00 |" in (out / "tables" / "ci" / "sr.md").read_text()
-    front = render_front_page(out).read_text()
-    assert "table02_wide.csv: not read" in front and "Δ acla − backbone" in front and "## Profile `ci`" in front
-    assert "![training curves](figures/ci/training_curves.png)" in front  # shown, not only linked
+    page = (out / "tables" / "ci" / "section.md").read_text()  # the profile's page, its links relative to it
+    assert "table02_wide.csv: not read" in page and "Δ acla − backbone" in page and "# Profile `ci`" in page
+    assert "![training curves](../../figures/ci/training_curves.png)" in page  # shown, not only linked
+    render_front_page(out)
+    assert "[`ci`](tables/ci/section.md)" in (out / "pipeline-checks.md").read_text()  # ci is no result: not on the front
     for name in ("alpha_trajectories", "search_gradients", "insertion_map", "open_keys", "training_curves",
                  "accuracy_vs_cost", "sampled_keys_sr_x2", "crops_sr_x2"):
         assert (out / "figures" / "ci" / f"{name}.png").is_file(), name
@@ -383,3 +387,29 @@ def test_the_frontier_trains_every_point_and_counts_its_keys_and_flops(ci_study,
     assert set(frontier.n_seeds[frontier.variant != "backbone"]) == {2}
     assert set(frontier.departures[frontier.variant == remedy]) == {"gate_bias=0.0 straight_through=False"}
     assert set(frontier.gates_moving[frontier.attention == "acla"]) <= {"yes", "no"}
+
+
+def test_the_front_page_answers_first_and_ends_with_its_rules_and_glossary(tmp_path: Path) -> None:
+    found = {"sr": ([psnr_comparison(35.0, 0.02, 3, 35.1, 0.02, 3, "Set5")], "tiny EDSR (8x32), 600 it on T91"),
+             "adaptive": ([gate_comparison("λk=0.001 at 600 it", 0.0, 4, 1.0, 24.75, False)], "")}
+    folder = tmp_path / "tables" / "cpu"
+    folder.mkdir(parents=True)
+    claims_frame(found).to_csv(folder / "claims.csv", index=False)
+    comparisons_frame(found).to_csv(folder / "comparisons.csv", index=False)
+    (folder / "section.md").write_text("# Profile `cpu`: the evidence in full\n")
+    scale = {"backbones": ["tiny EDSR (8x32)"], "iterations": [600], "train_sets": ["T91"],
+             "seeds": {"headline": [3, 3]}, "headline": ["backbone", "acla"]}
+    (folder / "summary.json").write_text(json.dumps({"device": "cpu", "wall_seconds": 60.0, "scale": scale}))
+    text = render_front_page(tmp_path, ROOT / "params.yaml").read_text()
+    first_screen = "\n".join(text.splitlines()[:12])
+    paper = load_study(ROOT / "params.yaml", "paper").tasks["sr"].train.iterations
+    assert "tiny EDSR (8x32), 600 it on T91" in first_screen and f"{paper:,} it" in first_screen  # ours, the paper's
+    assert all(claim.statement in first_screen for claim in CLAIMS.values())  # a word per claim
+    assert "**contradicted** in cpu (ACLA − backbone on Set5: -0.100 ± 0.016 dB, cpu)" in first_screen
+    assert (tmp_path / "figures" / "summary_delta.png").is_file() and "figures/summary_delta.png" in text
+    assert text.index("## The verdict") < text.index("## Evidence") < text.index("## Rules") < text.index("## Glossary")
+    assert "issue #" not in text and "spec.md" not in text and "lk=" not in text
+    defined = " ".join(resource_table("glossary.csv").term)
+    for symbol in ("λk", "R·K", "CLA", "SE", "Δ", "PSNR", "recipe", "gpu-check", "it"):
+        assert symbol in defined, symbol
+    assert (tmp_path / "pipeline-checks.md").is_file()

@@ -13,6 +13,8 @@ from acla.study.tables import training_length
 from acla.study.verdict import (
     CLAIMS,
     Comparison,
+    carrying,
+    claims_frame,
     adaptive_comparisons,
     efficiency_comparisons,
     placement_comparisons,
@@ -44,7 +46,7 @@ def test_a_psnr_difference_counts_only_beyond_twice_its_standard_error() -> None
     within = psnr_comparison(30.09, 0.05, 2, 30.00, 0.05, 2, "Set5")  # SE 0.05: 0.09 is within 2 SE
     beyond = psnr_comparison(30.20, 0.05, 2, 30.00, 0.05, 2, "Set5")
     assert within.noise == pytest.approx(0.1) and within.side == 0
-    assert beyond.side == 1 and "+0.200 ± 0.050 dB (n=2/2)" in beyond.text
+    assert beyond.side == 1 and beyond.text == "Set5 +0.200 ± 0.050 dB" and beyond.short == "+0.200 ± 0.050 dB"
     one_seed = psnr_comparison(31.0, math.nan, 1, 30.0, math.nan, 1, "Set5")
     assert one_seed.side == 0 and "one seed" in one_seed.text
 
@@ -132,12 +134,15 @@ def test_the_headline_acla_is_tested_on_its_last_validation_with_the_same_rule(t
 
 
 def test_the_verdict_table_has_a_row_per_claim_and_a_column_per_profile() -> None:
-    claims = pd.DataFrame([{"claim": CLAIMS["sr"], "word": "contradicted", "evidence": "Set5 -0.074 ± 0.029 dB",
-                            "scale": "tiny", "for": 0, "against": 1, "comparisons": 1}])
-    text = verdict_markdown({"`cpu` (cpu)": claims, "`cpu-long` (cpu)": claims.iloc[:0]})
+    against = psnr_comparison(30.0, 0.02, 3, 30.1, 0.02, 3, "Set5")
+    mixed = [Comparison(1.0, 0.0, "a", "1.0/4 modules adapt"), Comparison(-1.0, 0.0, "b", "0.0/4 modules adapt")]
+    claims = claims_frame({"sr": ([against], "tiny"), "adaptive": (mixed, "")})
+    assert carrying([against]) is against and claims.set_index("claim_id").number["sr"] == "-0.100 ± 0.016 dB"
+    text = verdict_markdown({"cpu": claims, "cpu-long": claims.iloc[:0]}, {"cpu": "#cpu"})
     lines = text.splitlines()
-    assert lines[0] == "| claim | `cpu` (cpu) | `cpu-long` (cpu) |" and len(lines) == 2 + len(CLAIMS)
-    assert "**contradicted** (0 for, 1 against of 1): Set5 -0.074 ± 0.029 dB. Scale: tiny | not measured |" in text
+    assert lines[0] == "| claim | cpu | cpu-long |" and len(lines) == 2 + len(CLAIMS)
+    assert "| SR | **contradicted** [-0.100 ± 0.016 dB](#cpu) | not measured |" in text  # one word, one number
+    assert "| adaptive keys | **inconclusive** [1 for, 1 against](#cpu) |" in text
 
 
 def test_placements_compare_the_searched_locations_with_other_placements_only(tmp_path: Path) -> None:
@@ -153,4 +158,4 @@ def test_placements_compare_the_searched_locations_with_other_placements_only(tm
     pd.DataFrame(rows).to_csv(folder / "ablation.csv", index=False)
     comparisons, _ = placement_comparisons(tmp_path)
     assert len(comparisons) == 1  # K=4 is no placement; 'every' has twice the modules: not at equal cost
-    assert "acla random" in comparisons[0].text and comparisons[0].side == 1
+    assert "ACLA random" in comparisons[0].text and comparisons[0].side == 1

@@ -19,7 +19,7 @@ import seaborn as sns
 from PIL import Image
 
 from acla.files import atomic_save_figure
-from acla.study.tables import published_for, split_departures
+from acla.study.tables import difference_se, published_for, split_departures, variant_label
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -68,7 +68,8 @@ def search_gradients(study: Path, path: Path) -> Path | None:
     grid = sns.relplot(data=data, x="iteration", y="summed gradient", hue="block", row="setting", col="term",
                        kind="line", height=2.6, aspect=1.4, facet_kws={"sharey": False, "sharex": False})
     grid.set_titles("{row_name}: {col_name}")
-    grid.figure.suptitle("Insertion search: running sum of each term's gradient on alpha (S9); below 0 opens", y=1.02)
+    grid.figure.suptitle("Insertion search: running sum of each term's gradient on alpha (the search loss); below 0 "
+                         "opens", y=1.02)
     return _save(grid.figure, path)
 
 
@@ -112,12 +113,14 @@ def open_key_distribution(study: Path, path: Path) -> Path | None:
     grid = sns.catplot(data=shares, x="keys open", y="share of queries", hue="block", col="setting", kind="bar",
                        col_wrap=min(4, shares.setting.nunique()), height=2.8, aspect=1.4, sharex=False)
     grid.set_xticklabels(rotation=60, fontsize=7)
-    grid.figure.suptitle("ACLA: share of queries by the fraction of their R x K keys left open", y=1.03)
+    grid.figure.suptitle("ACLA: share of queries by the fraction of their R·K keys left open", y=1.03)
     return _save(grid.figure, path)
 
 
 def sampled_keys(keys_dir: Path, path: Path) -> Path | None:
-    """Key positions of a few queries drawn on the network input, one panel per module (x open, o closed)."""
+    """Where the keys of a few queries land, one row per query: the network input with the query (*), then per
+    module a crop around the query zoomed until its keys (a pixel or two away) are visible: x open, o closed,
+    coloured by reference layer."""
     csv = keys_dir / "sampled_keys.csv"
     if not csv.is_file():
         return None
@@ -125,18 +128,39 @@ def sampled_keys(keys_dir: Path, path: Path) -> Path | None:
     if keys.empty:
         return None
     image = np.asarray(Image.open(keys_dir / "input.png"))
+    cmap = "gray" if image.ndim == 2 else None
     blocks = sorted(keys.block.unique())
-    figure, axes = plt.subplots(1, len(blocks), figsize=(3.2 * len(blocks), 3.4), squeeze=False)
-    palette = sns.color_palette("bright", keys.groupby(["query_y", "query_x"]).ngroups)
-    for axis, block in zip(axes[0], blocks):
-        axis.imshow(image, cmap="gray" if image.ndim == 2 else None)
-        for color, ((qy, qx), group) in zip(palette, keys[keys.block == block].groupby(["query_y", "query_x"])):
-            opened, closed = group[group.open], group[~group.open]
-            axis.scatter(opened.x, opened.y, s=14, marker="x", color=color)
-            axis.scatter(closed.x, closed.y, s=14, marker="o", facecolors="none", edgecolors=color, alpha=0.6)
-            axis.scatter([qx], [qy], s=60, marker="*", color=color, edgecolors="black", linewidths=0.5)
-        axis.set(title=f"after block {block}", xticks=[], yticks=[])
-    figure.suptitle(f"Sampled keys ({keys_dir.parent.name}): * query, x open key, o closed key")
+    queries = list(keys.groupby(["query_y", "query_x"]).groups)
+    side = round(max((keys.x - keys.query_x).abs().max(), (keys.y - keys.query_y).abs().max()) + 0.8, 1)
+    layers = sorted(keys.reference_layer.unique())
+    colors = dict(zip(layers, sns.color_palette("bright", len(layers))))
+    figure, axes = plt.subplots(len(queries), 1 + len(blocks), figsize=(2.3 * (1 + len(blocks)), 2.4 * len(queries)),
+                                squeeze=False, constrained_layout=True)
+    for row, (qy, qx) in zip(axes, queries):
+        row[0].imshow(image, cmap=cmap)
+        row[0].scatter([qx], [qy], marker="*", s=160, color="yellow", edgecolors="black", linewidths=0.6)
+        row[0].set(title=f"query ({qx}, {qy})", xticks=[], yticks=[])
+        for axis, block in zip(row[1:], blocks):
+            here = keys[(keys.block == block) & (keys.query_y == qy) & (keys.query_x == qx)]
+            axis.imshow(image, cmap=cmap, interpolation="nearest")
+            axis.set(xlim=(qx - side, qx + side), ylim=(qy + side, qy - side), xticks=[], yticks=[],
+                     title=f"after block {block}: {int(here.open.sum())} of {len(here)} open")
+            axis.scatter([qx], [qy], marker="*", s=260, color="yellow", edgecolors="black", linewidths=0.6, zorder=2)
+            for order, (layer, group) in enumerate(here.groupby("reference_layer")):  # keys at one place: nested
+                opened, closed, size = group[group.open], group[~group.open], 110 / (1 + 0.6 * order)
+                axis.scatter(opened.x, opened.y, marker="x", s=size, linewidths=2.0, color=colors[layer], zorder=4)
+                axis.scatter(closed.x, closed.y, marker="o", s=size, linewidths=1.4, facecolors="none",
+                             edgecolors=colors[layer], zorder=3)
+    handles = [plt.Line2D([], [], marker="*", color="yellow", markeredgecolor="black", markersize=11, linestyle="",
+                          label="query"),
+               plt.Line2D([], [], marker="x", color="gray", markeredgewidth=2, linestyle="", label="open key"),
+               plt.Line2D([], [], marker="o", color="gray", markerfacecolor="none", linestyle="", label="closed key"),
+               *(plt.Line2D([], [], marker="s", color=colors[layer], linestyle="", label=f"reference F^{layer}")
+                 for layer in layers)]
+    figure.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=8,
+                  frameon=False)
+    figure.suptitle(f"Where ACLA's keys land ({keys_dir.parent.name}): each row one query, each module zoomed to "
+                    f"±{side:g} px", y=1.045)
     return _save(figure, path)
 
 
@@ -236,7 +260,7 @@ def gate_diagnostics(curves_csv: Path, path: Path, variant: str | None = None) -
     mean = gates.groupby(["block", "quantity", "step"]).value.mean().unstack("quantity").reset_index()
     blocks = sorted(mean.block.unique(), key=lambda name: (name.rsplit(" ", 1)[0], int(name.rsplit(" ", 1)[1])))
     palette = dict(zip(blocks, sns.color_palette("colorblind", len(blocks))))
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
     for block, group in mean.groupby("block"):
         color = palette[block]
         axes[0].plot(group.step, group.open_mean, marker="o", markersize=3, color=color, label=block)
@@ -253,69 +277,78 @@ def gate_diagnostics(curves_csv: Path, path: Path, variant: str | None = None) -
     axes[1].set(xlabel="iteration", ylim=(0, 1.05))
     axes[1].set_title("share of queries at the\nmost common count (1: all alike)", fontsize=10)
     axes[2].set(xlabel="iteration", yscale="log")
-    axes[2].set_title("gradient norm on the gate head W_m\n(solid: reconstruction, dashed: key budget)", fontsize=10)
-    axes[0].legend(fontsize=7)
-    setting = curves_csv.parent.parent.name + (f", {variant}" if variant else "")
-    figure.suptitle(f"ACLA's gates while training ({setting}; mean over seeds)", y=1.04)
-    figure.tight_layout()
+    axes[2].set_title("gradient norm on the gate head\n(solid: reconstruction, dashed: key budget)", fontsize=10)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(blocks), fontsize=8,
+                  frameon=False)
+    setting = curves_csv.parent.parent.name + (f", {variant_label(variant)}" if variant else "")
+    figure.suptitle(f"ACLA's gates while training ({setting}; mean over seeds)")
     return _save(figure, path)
 
 
 def accuracy_against_keys(frontier: pd.DataFrame, path: Path) -> Path | None:
-    """PSNR against the keys a query attends to (mean over the modules), one panel per test set and budget: CLA at
-    each K as a line, ACLA at each lambda_k as points (open markers where its gates were still moving at the end of
-    training), the remedies (departures from the spec's recipe) as diamonds, the backbone as a dashed line; error bars
-    ± 1 std over seeds. ACLA points at the same count (every key open, or one) are spread a little sideways so that
-    their error bars do not hide each other; one legend below the panels, one colour per point in every panel."""
+    """Do ACLA's gated keys beat CLA's fixed K? PSNR against the keys a query attends to (mean over the modules), one
+    column per test set at each budget where CLA was trained (else each budget with two points or more); the top row
+    ACLA trained with the recipe at each λk, the bottom row the remedies (departures from the recipe), both beside
+    CLA at each K (line) and the backbone (dashed). Error bars ± 1 std over seeds; hollow markers: gates still moving
+    at the end of training. ACLA points at the same count are spread a little sideways."""
     if frontier.empty:
         return None
     frontier = frontier.assign(keys=np.where(frontier.attention == "cla", frontier.keys_per_query,
                                              frontier.open_keys_mean))
-    acla = frontier[frontier.attention == "acla"].drop_duplicates("variant").sort_values("key_budget_weight")
+    with_cla = [i for i, d in frontier.groupby("iterations", sort=False) if (d.attention == "cla").any()]
+    budgets = with_cla or [i for i, d in frontier.groupby("iterations", sort=False) if d.variant.nunique() > 1]
+    left_out = [i for i in frontier.iterations.unique() if i not in budgets]
+    data = frontier[frontier.iterations.isin(budgets)]
+    if data.empty:
+        return None
+    acla = data[data.attention == "acla"].drop_duplicates("variant").sort_values("key_budget_weight")
     recipe, remedies = split_departures(acla)
-    colors = dict(zip(recipe.variant, sns.color_palette("flare", max(len(recipe), 1))))
-    colors |= dict(zip(remedies.variant, sns.color_palette("crest", max(len(remedies), 1))))
-    departures = set(remedies.variant)
-    panels = list(frontier.groupby(["iterations", "set"], sort=False))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
-    handles: dict[str, object] = {}
-    for axis, ((iterations, set_name), data) in zip(axes[0], panels):
-        backbone = data[data.attention == "none"]
-        if len(backbone):
-            handles["backbone"] = axis.axhline(backbone.psnr_mean.iloc[0], color="gray", linestyle="--")
-        cla = data[data.attention == "cla"].sort_values("keys")
-        if len(cla):
-            label = "CLA (K = " + ", ".join(str(int(k)) for k in cla.num_keys) + ")"
-            handles[label] = axis.errorbar(cla["keys"], cla.psnr_mean, yerr=cla.psnr_std.fillna(0), marker="s",
-                                           color="tab:blue", capsize=3)
-        placed: list[float] = []
-        for row in data[data.attention == "acla"].sort_values("key_budget_weight").itertuples():
-            moving = row.gates_moving == "yes"
-            crowd = sum(abs(np.log(row.keys / x)) < 0.03 for x in placed)  # points already at (nearly) this count
-            placed.append(row.keys)
-            departure = row.variant in departures
-            label = (f"ACLA {row.variant.removeprefix('acla ')} (departure)" if departure
-                     else f"ACLA λk={row.key_budget_weight:g}") + (" (gates still moving)" if moving else "")
-            handles[label] = axis.errorbar(
-                [row.keys * 1.05 ** crowd], [row.psnr_mean], yerr=[0 if pd.isna(row.psnr_std) else row.psnr_std],
-                xerr=[0 if pd.isna(row.open_keys_std) else row.open_keys_std], marker="D" if departure else "o",
-                capsize=3, color=colors[row.variant], markerfacecolor="none" if moving else colors[row.variant])
-        axis.set(xscale="log", xlabel="keys per query (open, mean over modules)", ylabel="PSNR (dB)",
-                 title=f"{set_name}, {int(iterations)} iterations")
-    figure.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
-                  fontsize=8, frameon=False)
-    figure.suptitle("Accuracy against keys per query: CLA's fixed K against ACLA's gated keys (± 1 std over seeds; "
-                    "open markers: gates still moving at the end of training)", y=1.02)
+    rows = [("ACLA, recipe", recipe, "o", "flare"), ("ACLA, departures from the recipe", remedies, "D", "Dark2")]
+    rows = [row for row in rows if len(row[1])]
+    panels = list(data.groupby(["iterations", "set"], sort=False))
+    figure, axes = plt.subplots(len(rows), len(panels), figsize=(4.2 * len(panels) + 3.2, 3.4 * len(rows)),
+                                squeeze=False, sharex=True, sharey="col", constrained_layout=True)
+    for index, ((name, points, marker, palette), row) in enumerate(zip(rows, axes)):
+        colors = dict(zip(points.variant, sns.color_palette(palette, len(points))))
+        handles: dict[str, object] = {}
+        for axis, ((iterations, set_name), panel) in zip(row, panels):
+            backbone = panel[panel.attention == "none"]
+            if len(backbone):
+                handles["backbone"] = axis.axhline(backbone.psnr_mean.iloc[0], color="gray", linestyle="--")
+            cla = panel[panel.attention == "cla"].sort_values("keys")
+            if len(cla):
+                handles["CLA, K = " + ", ".join(str(int(k)) for k in cla.num_keys)] = axis.errorbar(
+                    cla["keys"], cla.psnr_mean, yerr=cla.psnr_std.fillna(0), marker="s", color="tab:blue", capsize=3)
+            placed: list[float] = []
+            for r in panel[panel.variant.isin(points.variant)].sort_values("key_budget_weight").itertuples():
+                crowd = sum(abs(np.log(r.keys / x)) < 0.03 for x in placed)  # points already at (nearly) this count
+                placed.append(r.keys)
+                handles[variant_label(r.variant)] = axis.errorbar(
+                    [r.keys * 1.06 ** crowd], [r.psnr_mean], yerr=[0 if pd.isna(r.psnr_std) else r.psnr_std],
+                    xerr=[0 if pd.isna(r.open_keys_std) else r.open_keys_std], marker=marker, capsize=3,
+                    color=colors[r.variant], markerfacecolor="none" if r.gates_moving == "yes" else colors[r.variant])
+            axis.set(xscale="log", title=f"{set_name}, {int(iterations):,} iterations")
+        row[0].set_ylabel(f"{name}\nPSNR (dB)")
+        if index:  # the backbone and CLA are in the first row's legend
+            handles = {label: handle for label, handle in handles.items() if label in set(points.variant.map(variant_label))}
+        row[-1].legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       fontsize=8, frameon=False)
+    for axis in axes[-1]:
+        axis.set_xlabel("keys per query (open, mean over modules)")
+    note = f" Not drawn: {', '.join(f'{int(i):,}' for i in left_out)} iterations (in the table)." if left_out else ""
+    figure.suptitle("Do ACLA's gated keys beat CLA's fixed K? PSNR against keys per query (± 1 std over seeds; "
+                    "hollow: gates still moving)." + note, fontsize=10)
     return _save(figure, path)
 
 
 def training_length(table: pd.DataFrame, path: Path) -> Path | None:
-    """Issue #29's figure: per test set, Δ(point − backbone) against iterations (whole schedules) with ± 1 standard
+    """Per test set, Δ(point − backbone) against iterations (whole schedules) with ± 1 standard
     error; and the backbone's PSNR on Set5 against iterations beside SRCNN's and VDSR's published SR x2 values."""
     if table.empty:
         return None
     sets = list(dict.fromkeys(table.set))
-    figure, axes = plt.subplots(1, len(sets) + 1, figsize=(4.6 * (len(sets) + 1), 3.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(sets) + 1, figsize=(4.6 * (len(sets) + 1), 4.0), squeeze=False,
+                                constrained_layout=True)
     points = [v for v in dict.fromkeys(table.variant) if v != "backbone"]
     colors = dict(zip(points, sns.color_palette("tab10", max(len(points), 1))))
     for axis, set_name in zip(axes[0], sets):
@@ -323,10 +356,11 @@ def training_length(table: pd.DataFrame, path: Path) -> Path | None:
         for variant in points:
             rows = table[(table.set == set_name) & (table.variant == variant)]
             axis.errorbar(rows.iterations, rows.delta, yerr=rows.delta_se.fillna(0), marker="o", capsize=3,
-                          color=colors[variant], label=variant)
+                          color=colors[variant], label=variant_label(variant))
         axis.set(xscale="log", xlabel="iterations (each a whole cosine schedule)", ylabel="Δ PSNR vs backbone (dB)",
                  title=f"{set_name}: Δ ± 1 SE over seeds")
-        axis.legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # below the Δ panels, clear of their points
+    figure.legend(handles, labels, loc="outside lower left", ncol=len(labels), fontsize=8, frameon=False)
     axis = axes[0][-1]
     backbone = table[(table.variant == "backbone") & (table.set == "Set5")]
     if len(backbone):
@@ -337,7 +371,7 @@ def training_length(table: pd.DataFrame, path: Path) -> Path | None:
             axis.axhline(float(row.psnr), color=colors[row.method], linestyle=":", label=f"{row.method} (published)")
         axis.set(xscale="log", xlabel="iterations", ylabel="PSNR (dB)", title="backbone on Set5")
         axis.legend(fontsize=7)
-    figure.suptitle("Training length: does ACLA's difference from its backbone close, stay or grow?", y=1.02)
+    figure.suptitle("Training length: does ACLA's difference from its backbone close, stay or grow?")
     return _save(figure, path)
 
 
@@ -368,25 +402,96 @@ def budget_sweep(study: Path, path: Path) -> Path | None:
 
 
 def accuracy_vs_cost(study: Path, path: Path) -> Path | None:
-    """Validation PSNR of every variant against its parameters and FLOPs."""
+    """Does the attention pay for its cost? Per task, each variant's validation PSNR less the backbone's (mean over
+    seeds, ± 1 standard error of the difference) against its overhead over the backbone: FLOPs (filled) and latency
+    (hollow) at the efficiency input size, joined by a line."""
     frames = []
     for ablation in sorted(study.glob("*/ablation/ablation.csv")):
         efficiency = ablation.parents[1] / "efficiency" / "efficiency.csv"
         if efficiency.is_file():
-            merged = pd.read_csv(ablation).merge(pd.read_csv(efficiency)[["setting", "variant", "flops"]],
-                                                 on=["setting", "variant"])
+            runs = pd.read_csv(ablation)
+            spread = runs.groupby(["setting", "variant"], sort=False).val_psnr.agg(["mean", "std", "count"])
+            cost = pd.read_csv(efficiency)[["setting", "variant", "flops", "latency_s", "input", "device"]]
+            merged = spread.reset_index().merge(cost, on=["setting", "variant"])
+            base = merged[merged.variant == "backbone"].set_index("setting")
+            merged = merged[merged.variant != "backbone"].copy()
+            if merged.empty:
+                continue
+            b = base.loc[merged.setting]
+            merged["delta"] = merged["mean"].to_numpy() - b["mean"].to_numpy()
+            merged["se"] = difference_se(merged["std"].to_numpy(), merged["count"].to_numpy(), b["std"].to_numpy(),
+                                         b["count"].to_numpy())
+            merged["flops_pct"] = 100 * (merged.flops.to_numpy() / b.flops.to_numpy() - 1)
+            merged["latency_pct"] = 100 * (merged.latency_s.to_numpy() / b.latency_s.to_numpy() - 1)
             frames.append(merged)
     if not frames:
         return None
     data = pd.concat(frames, ignore_index=True)
-    data["GFLOPs"] = data.flops / 1e9
-    data["params (k)"] = data.params / 1e3
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, x in zip(axes, ("params (k)", "GFLOPs")):
-        sns.scatterplot(data=data, x=x, y="val_psnr", hue="variant", style="setting", s=60, ax=axis)
-        axis.set(ylabel="validation PSNR (dB)")
-        axis.legend(fontsize=7)
-    figure.suptitle("Accuracy vs cost of every variant (ablation stage; FLOPs at the efficiency input size)")
+    settings = list(dict.fromkeys(data.setting))
+    variants = list(dict.fromkeys(data.variant))
+    colors = dict(zip(variants, sns.color_palette("colorblind", len(variants))))
+    columns = min(len(settings), 2)
+    rows = -(-len(settings) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.3 * columns + 1.8, 3.2 * rows), squeeze=False, sharey=True,
+                                constrained_layout=True)
+    for axis in axes.flat[len(settings):]:
+        axis.set_visible(False)
+    for axis, setting in zip(axes.flat, settings):
+        axis.axhline(0, color="gray", linestyle="--", linewidth=1)
+        axis.scatter([0], [0], color="black", marker="o", zorder=3)
+        for r in data[data.setting == setting].itertuples():
+            color = colors[r.variant]
+            axis.plot([r.flops_pct, r.latency_pct], [r.delta, r.delta], color=color, linewidth=0.8, alpha=0.6)
+            axis.errorbar([r.flops_pct], [r.delta], yerr=[0 if pd.isna(r.se) else r.se], marker="o", color=color,
+                          capsize=3, label=variant_label(r.variant))
+            axis.scatter([r.latency_pct], [r.delta], marker="o", s=40, facecolors="none", edgecolors=color, zorder=3)
+        axis.set(title=setting, xlabel="overhead over the backbone (%)")
+    for row in axes:
+        row[0].set_ylabel("Δ validation PSNR vs backbone (dB)")
+    handles = [plt.Line2D([], [], marker="o", color="black", linestyle="", label="backbone")] + [
+        plt.Line2D([], [], marker="o", color=colors[v], linestyle="", label=variant_label(v)) for v in variants]
+    axes[0][-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    figure.suptitle(f"Does the attention pay for its cost? Filled: FLOPs, hollow: latency "
+                    f"({', '.join(sorted(set(data.device)))}; input {', '.join(sorted(set(data['input'])))}); "
+                    "bars ± 1 SE over seeds", fontsize=10)
+    return _save(figure, path)
+
+
+def claim_deltas(deltas: pd.DataFrame, path: Path) -> Path | None:
+    """Does ACLA beat its backbone? Δ PSNR (ACLA − backbone) per task (a row of panels) and test set, one point per
+    profile (``deltas``: task, set, profile, delta, se), with ± 1 standard error (thick) and ± 2 (thin: the
+    verdict's noise band) over seeds and a zero line; hollow points: one seed, no error known."""
+    if deltas.empty:
+        return None
+    tasks = list(dict.fromkeys(deltas.task))
+    profiles = list(dict.fromkeys(deltas.profile))
+    colors = dict(zip(profiles, sns.color_palette("tab10", len(profiles))))
+    sizes = [deltas[deltas.task == task].groupby("set", sort=False).ngroups for task in tasks]
+    figure, axes = plt.subplots(len(tasks), 1, figsize=(8.0, 1.0 + 0.55 * sum(sizes) + 0.3 * len(tasks)),
+                                sharex=True, squeeze=False, constrained_layout=True,
+                                gridspec_kw={"height_ratios": sizes})
+    for axis, task in zip(axes[:, 0], tasks):
+        part = deltas[deltas.task == task]
+        sets = list(dict.fromkeys(part.set))
+        axis.axvline(0, color="black", linewidth=1)
+        for r in part.itertuples():
+            here = list(dict.fromkeys(part[part.set == r.set].profile))
+            y = sets.index(r.set) + 0.22 * (here.index(r.profile) - (len(here) - 1) / 2)
+            color, known = colors[r.profile], not pd.isna(r.se)
+            if known:
+                axis.errorbar([r.delta], [y], xerr=[2 * r.se], color=color, linewidth=1, capsize=0)
+                axis.errorbar([r.delta], [y], xerr=[r.se], color=color, linewidth=3, capsize=0)
+            axis.scatter([r.delta], [y], marker="o", s=36, zorder=3, edgecolors=color,
+                         facecolors=color if known else "white")
+        axis.set(yticks=range(len(sets)), ylim=(len(sets) - 0.5, -0.5))
+        axis.set_yticklabels(sets, fontsize=8)
+        axis.set_title(task, loc="left", fontsize=10)
+    axes[-1, 0].set_xlabel("Δ PSNR, ACLA − backbone (dB)")
+    handles = [plt.Line2D([], [], marker="o", color=colors[p], linestyle="", label=p) for p in profiles]
+    figure.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(profiles), fontsize=8,
+                  frameon=False, title="profile", title_fontsize=8)
+    figure.suptitle("Does ACLA beat its backbone? Thick bars ± 1 SE, thin ± 2 SE over seeds; hollow: one seed",
+                    fontsize=10, y=1.08)
     return _save(figure, path)
 
 

@@ -1,25 +1,29 @@
 """Report rendering: the tables of ``acla.study.tables`` and the figures of ``acla.study.figures`` as the
-Markdown pages of ``reports/`` (per task, per profile, and the front page ``reports/README.md``).
+Markdown pages of ``reports/``: per task and per profile (``render_study``), the front page ``reports/README.md``
+that answers the paper's claims first, and ``reports/pipeline-checks.md`` for smoke and ci (``render_front_page``).
 
-``python -m acla.study.report study|front|smoke|classical`` renders them from the CSV/JSON the study's stages
-wrote; nothing here measures or trains.
+They are rendered from the CSV/JSON the study's stages wrote (notebook 07, the ``report`` stage of dvc.yaml);
+``python -m acla.study.report smoke|classical`` renders the two side pages. Nothing here measures or trains.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from acla.config import PROFILES
+from acla.config import PROFILES, load_study
 from acla.files import atomic_write_text, slug
 from acla.study import figures as draw
 from acla.study.keys import open_keys_against_activity
 from acla.study.tables import (
+    BACKBONE_NAMES,
     NETWORKS,
     ablation_table,
     budget_fit,
@@ -41,8 +45,20 @@ from acla.study.tables import (
     stage_provenance,
     task_table,
     training_length,
+    variant_label,
 )
-from acla.study.verdict import RESULT_PROFILES, RULE, gpu_check_claims, profile_claims, verdict_markdown
+from acla.study.verdict import (
+    CLAIMS,
+    PIPELINE_CHECKS,
+    RESULT_PROFILES,
+    RULE,
+    TASKS,
+    claim_comparisons,
+    claims_frame,
+    comparisons_frame,
+    gpu_check_comparisons,
+    verdict_markdown,
+)
 
 CLASSICAL_COLUMNS = {"task": ("task", 0, False), "set": ("set", 0, False), "setting": ("setting", 0, False),
                      "method": ("method", 0, False), "n_images": ("images", 0, False), "psnr": ("PSNR ours", 4, False),
@@ -150,15 +166,16 @@ FRONTIER_COLUMNS = {"iterations": ("iterations", 0, False), "variant": ("point",
                     "adaptive_modules_mean": ("modules adapting", 1, False), "modules": ("of", 0, False),
                     "val_psnr_mean": ("val PSNR", 4, False),
                     "gates_moving": ("gates still moving", 0, False),
-                    "departures": ("departs from the spec", 0, False), "psnr_per_seed": ("PSNR per seed", 0, False)}
+                    "departures": ("departure", 0, False), "psnr_per_seed": ("PSNR per seed", 0, False)}
 FRONTIER_NOTE = ("Open keys: ACLA's per query on the test images with inference's gates, mean over the modules and the "
-                 "seeds (CLA: every key, R K; backbone: none). Mode share: the share of queries at a module's most "
-                 "common count, the smallest and the largest over the modules (1: no query differs from another). GFLOPs at inference "
-                 "with closed keys skipped (`acla.engine.efficiency.inference_flops` less `closed_key_flops`). Gates still "
-                 "moving: some module's open keys changed by more than 0.05 between the last two validations. Modules adapting: "
-                 "those where no open-key count holds more than 80 % of the queries and the mean lies between 10 % and "
-                 "90 % of R K (issue #28's test), mean over seeds. Departs from the spec: the gate options of a remedy "
-                 "(`frontier.remedies` in params.yaml) that differ from the spec's training recipe; empty: the recipe.\n\n")
+                 "seeds (CLA: every key, R·K; backbone: none). Mode share: the share of queries at a module's most "
+                 "common count, the smallest and the largest over the modules (1: no query differs from another). GFLOPs "
+                 "at inference with closed keys skipped (`acla.engine.efficiency.inference_flops` less "
+                 "`closed_key_flops`). Gates still moving: some module's open keys changed by more than 0.05 between the "
+                 "last two validations. Modules adapting: those where no open-key count holds more than 80 % of the "
+                 "queries and the mean lies between 10 % and 90 % of R·K, mean over seeds. Departure: the gate options of "
+                 "a remedy (`frontier.remedies` in params.yaml) that differ from the recipe; empty: the recipe. Terms: "
+                 "[glossary](../../README.md#glossary).\n\n")
 
 
 TRAINING_LENGTH_COLUMNS = {"setting": ("setting", 0, False), "set": ("test set", 0, False),
@@ -173,15 +190,15 @@ TRAINING_LENGTH_NOTE = ("Every budget is a whole cosine schedule of that many it
                         "same budget, ± the standard error of independent seeds, sqrt(s_a²/n_a + s_b²/n_b).\n\n")
 
 
-def activity_sentence(keys_dir: Path) -> str:
+def activity_sentence(keys_dir: Path, names: dict[str, str] | None = None) -> str:
     """Do the open keys follow the image? Per ACLA point and key image whose gates vary across queries, the Spearman
     correlation of each module's open keys with the input's 5 x 5 local standard deviation
-    (``acla.study.keys.open_keys_against_activity``)."""
+    (``acla.study.keys.open_keys_against_activity``); ``names`` maps a point's folder to its name."""
     found = []
     for folder in sorted(keys_dir.glob("*/*/")):
         rho = {block: value for block, value in open_keys_against_activity(folder).items() if not np.isnan(value)}
         if rho:
-            found.append(f"{folder.parent.name} on {folder.name}: "
+            found.append(f"{(names or {}).get(folder.parent.name, folder.parent.name)} on {folder.name}: "
                          + ", ".join(f"after block {block} ρ {value:+.2f}" for block, value in rho.items()))
     if not found:
         return ""
@@ -197,7 +214,7 @@ def training_length_sentence(table: pd.DataFrame) -> str:
     lines = []
     for variant, rows in table[(table.set == first) & (table.variant != "backbone")].groupby("variant", sort=False):
         steps = ", ".join(f"{int(r.iterations):,} it {r.delta:+.3f} ± {r.delta_se:.3f}" for r in rows.itertuples())
-        lines.append(f"{variant} − backbone on {first}: {steps} dB.")
+        lines.append(f"{variant_label(variant)} − backbone on {first}: {steps} dB.")
     backbone = table[(table.variant == "backbone") & (table.set == "Set5")]
     if len(backbone):
         refs = published_for(str(backbone.setting.iloc[0]), "Set5", ("SRCNN", "VDSR"))
@@ -208,8 +225,8 @@ def training_length_sentence(table: pd.DataFrame) -> str:
 
 
 def frontier_sentence(frontier: pd.DataFrame) -> str:
-    """The frontier's answer in words, per budget: at which lambda_k (if any) the gates adapt under the spec's
-    recipe, the recipe's ACLA point chosen on the validation set against CLA K=9 on the last test set (with the
+    """The frontier's answer in words, per budget: at which λk (if any) the gates adapt under the recipe, the
+    recipe's ACLA point chosen on the validation set against CLA K=9 on the last test set (with the
     standard error of the difference), and what each remedy (a departure from the recipe) gave."""
     if frontier.empty or "adaptive_modules_mean" not in frontier:
         return ""
@@ -227,16 +244,16 @@ def frontier_sentence(frontier: pd.DataFrame) -> str:
                        if len(adapting) else "the gates adapt at no λk tried (in fewer than half the modules)")
             chosen = recipe.loc[recipe.val_psnr_mean.idxmax()]
             sentences.append(
-                f"Accuracy against keys, {int(iterations)} iterations ({test}), the spec's recipe: {verdict} ({points}). "
+                f"Accuracy against keys, {int(iterations):,} iterations ({test}), the recipe: {verdict} ({points}). "
                 f"Chosen on the validation set: λk={chosen.key_budget_weight:g}, {test} PSNR {chosen.psnr_mean:.3f} ± "
                 f"{chosen.psnr_std:.3f} with {chosen.open_keys_mean:.2f} keys per query{_versus_cla(chosen, cla)}.\n")
         if len(remedies):
-            points = "; ".join(f"{r.variant} ({r.departures}): {_gate_summary(r)}, {test} PSNR {r.psnr_mean:.3f} ± "
+            points = "; ".join(f"{variant_label(r.variant)} ({r.departures}): {_gate_summary(r)}, {test} PSNR {r.psnr_mean:.3f} ± "
                                f"{r.psnr_std:.3f}{_versus_cla(r, cla)}" for r in remedies.itertuples())
             adapting = remedies[remedies.adaptive_modules_mean >= remedies.modules / 2]
-            verdict = (f"the gates adapt with {', '.join(adapting.variant)}" if len(adapting)
+            verdict = (f"the gates adapt with {', '.join(map(variant_label, adapting.variant))}" if len(adapting)
                        else "the gates adapt with no remedy tried")
-            sentences.append(f"Remedies (departures from the spec's recipe), {int(iterations)} iterations: {verdict} "
+            sentences.append(f"Remedies (departures from the recipe), {int(iterations):,} iterations: {verdict} "
                              f"({points}).\n")
     return "".join(sentences)
 
@@ -414,7 +431,7 @@ def search_sentence(task_dir: Path) -> str:
             f"first); reconstruction alone {_kept_by(rec, len(kept))}.")
     if not lines:
         return ""
-    return "What decided the insertion search (S9):\n\n" + "\n".join(lines) + "\n"
+    return "What decided the insertion search (reconstruction against FLOPs cost in its loss):\n\n" + "\n".join(lines) + "\n"
 
 
 def open_keys_sentence(task_dir: Path) -> str:
@@ -428,28 +445,61 @@ def open_keys_sentence(task_dir: Path) -> str:
         lines.append(f"- {summary['setting']} ({summary['image']}): {counts}.")
     if not lines:
         return ""
-    return "Keys the trained ACLA gates leave open per query at inference (mean; (S7) keeps at least one):\n\n" + (
+    return "Keys the trained ACLA gates leave open per query at inference (mean; the gates keep at least one):\n\n" + (
         "\n".join(lines) + "\n")
 
 
-# The figures shown on the front page itself (the rest are links): what was learned, not how it was run.
-SHOWN_FIGURES = ("training length", "training curves", "gates while training", "accuracy against keys", "budget sweep", "alpha trajectories", "what moved each alpha",
-                 "open keys per query",
-                 "sampled keys")
+# The figure a result profile shows on the front page: the first of these it drew.
+FRONT_FIGURES = ("training length", "accuracy against keys", "accuracy vs cost")
+METHOD = "../docs/method.md"  # the method document, from reports/
+
+
+def resource_table(name: str) -> pd.DataFrame:
+    """A CSV of the pages' words kept as data: ``glossary.csv`` (every term and symbol the pages use, its meaning and
+    the method document's section) and ``figure_notes.csv`` (what to look for in a figure, by the start of its
+    title)."""
+    with resources.files("acla.resources").joinpath(name).open() as handle:
+        return pd.read_csv(handle, keep_default_na=False)
+
+
+def figure_markdown(title: str, path: str, notes: pd.DataFrame) -> str:
+    """An embedded figure and the sentence that says what to look for in it (``figure_notes.csv``)."""
+    note = next((r.note for r in notes.itertuples() if title.startswith(r.title_start)), "")
+    return f"![{title}]({path})\n\n{note}\n"
+
+
+def _span(values: list[int], unit: str = "") -> str:
+    return (f"{values[0]:,}" if values[0] == values[-1] else f"{values[0]:,}–{values[-1]:,}") + unit
+
+
+def scale_words(scale: dict) -> str:
+    """``training_scale`` in words: "tiny EDSR (8x32), 300–2,400 it on T91, Train400"."""
+    if not scale.get("iterations"):
+        return ""
+    return f"{', '.join(scale['backbones'])}, {_span(scale['iterations'], ' it')} on {', '.join(scale['train_sets'])}"
+
+
+def seeds_words(scale: dict) -> str:
+    """The seeds per stage: "headline 1 (backbone only), frontier 2"."""
+    only = " (backbone only)" if scale.get("headline") == ["backbone"] else ""
+    return ", ".join(f"{stage} {_span(span)}" + (only if stage == "headline" else "")
+                     for stage, span in scale.get("seeds", {}).items())
 
 
 def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_tables: Path | None,
                  classical_md: Path | None = None) -> dict:
-    """One profile's task tables (CSV + Markdown), figures and front-page section.
+    """One profile's task tables (CSV + Markdown), figures, verdict (``claims.csv``, ``comparisons.csv``) and its page
+    of evidence in full.
 
-    ``study`` is ``reports/study/<profile>``; ``tables`` and ``figures`` are that profile's folders; ``section``
-    (``reports/tables/<profile>/section.md``) is the Markdown the front page shows for this profile, with
-    links relative to the front page's folder (``reports/``).
+    ``study`` is ``reports/study/<profile>``; ``tables`` and ``figures`` are that profile's folders (a PNG in
+    ``figures`` that this call did not draw is removed: the folder is this stage's output); ``section``
+    (``reports/tables/<profile>/section.md``) is the profile's page, linked from the front page, with links relative
+    to its own folder. ``summary.json`` beside it holds what the front page says of the profile.
     """
     front = section.parents[2]
 
     def link(path: Path) -> str:
-        return str(path.relative_to(front)) if path.is_relative_to(front) else str(path)
+        return Path(os.path.relpath(path, section.parent)).as_posix()
 
     paper, notes = read_paper_tables(paper_tables)
     tasks = [d for d in sorted(study.iterdir()) if (d / "evaluate" / "scores.csv").is_file()] if study.is_dir() else []
@@ -468,12 +518,13 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
         "open keys per query": draw.open_key_distribution(study, figures / "open_keys.png"),
         "training curves": draw.training_curves(study, figures / "training_curves.png"),
         "budget sweep": draw.budget_sweep(study, figures / "budget_sweep.png"),
-        "accuracy vs params/FLOPs": draw.accuracy_vs_cost(study, figures / "accuracy_vs_cost.png"),
+        "accuracy vs cost": draw.accuracy_vs_cost(study, figures / "accuracy_vs_cost.png"),
         "sampled keys of the retrained SR model (01_module)": draw.sampled_keys(study / "sr" / "module",
                                                                                 figures / "module_keys.png"),
     }
     for task_dir in tasks:
         name = task_dir.name
+        info = stage_provenance(task_dir, "evaluate")
         table = task_table(task_dir, paper)
         atomic_write_text(tables / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
         atomic_write_text(tables / f"{name}.md", f"# {name}: test sets (profile `{study.name}`)\n\n"
@@ -482,9 +533,12 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
                           "set.\n\n" + markdown(table, TASK_COLUMNS))
         top = headline(task_dir)
         atomic_write_text(tables / f"{name}_headline.csv", top.to_csv(index=False, float_format="%.6f"))
-        parts = [f"### {name}\n", headline_markdown(top) if len(top) else "(no network rows)\n"]
+        parts = [f"## {name}\n", headline_markdown(top) if len(top) else "(no network rows)\n"]
         if len(top) and "acla_psnr_mean" not in top:
-            parts.append("The search kept no ACLA location for these settings, so there is no +ACLA model.\n")
+            parts.append("The search kept no ACLA location for these settings, so there is no +ACLA model.\n"
+                         if "acla" in info.get("headline", ["acla"]) else
+                         f"This profile's headline trains only the {', '.join(info['headline'])}; its ACLA models "
+                         "are the frontier's, below.\n")
         weak = not_above_classical(top) if len(top) else []
         parts.append("Every network row is above its classical row by more than its seed spread.\n" if not weak else
                      "Not above the classical row by more than the seed spread: " + "; ".join(weak) + ".\n")
@@ -493,39 +547,42 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
         parts.append(budget_sentence(task_dir))
         parts.append(search_sentence(task_dir))
         parts.append(open_keys_sentence(task_dir))
-        links = f"All rows, with the literature and the paper column: [`{link(tables / f'{name}.md')}`]({link(tables / f'{name}.md')})"
+        links = f"All rows, with the literature and the paper column: [`{name}.md`]({link(tables / f'{name}.md')})"
         if (task_dir / "ablation" / "ablation.csv").is_file():
             ablation = ablation_table(task_dir)
             atomic_write_text(tables / f"{name}_ablation.csv", ablation.to_csv(index=False, float_format="%.6f"))
-            atomic_write_text(tables / f"{name}_ablation.md", f"# {name}: ablation (spec section 5)\n\n"
-                              + markdown(ablation, ABLATION_COLUMNS))
-            links += f"; ablation: [`{link(tables / f'{name}_ablation.md')}`]({link(tables / f'{name}_ablation.md')})"
+            atomic_write_text(tables / f"{name}_ablation.md", f"# {name}: ablation (other attentions, K and placements "
+                              "at the same budget)\n\n" + markdown(ablation, ABLATION_COLUMNS))
+            links += f"; ablation: [`{name}_ablation.md`]({link(tables / f'{name}_ablation.md')})"
         frontier = frontier_table(task_dir)
         if len(frontier):
+            names = {slug(v): variant_label(v) for v in frontier.variant.unique()}
             atomic_write_text(tables / f"{name}_frontier.csv", frontier.to_csv(index=False, float_format="%.6f"))
+            shown = frontier.assign(variant=frontier.variant.map(variant_label))
             atomic_write_text(tables / f"{name}_frontier.md", f"# {name}: accuracy against keys per query "
-                              f"(profile `{study.name}`)\n\n" + FRONTIER_NOTE + markdown(frontier, FRONTIER_COLUMNS))
+                              f"(profile `{study.name}`)\n\n" + FRONTIER_NOTE + markdown(shown, FRONTIER_COLUMNS))
             drawn[f"accuracy against keys {name}"] = draw.accuracy_against_keys(frontier,
                                                                                figures / f"frontier_{name}.png")
-            links += f"; frontier: [`{link(tables / f'{name}_frontier.md')}`]({link(tables / f'{name}_frontier.md')})"
+            links += f"; frontier: [`{name}_frontier.md`]({link(tables / f'{name}_frontier.md')})"
             parts.append(frontier_sentence(frontier))
             length = training_length(task_dir)
             if len(length):
                 atomic_write_text(tables / f"{name}_training_length.csv", length.to_csv(index=False, float_format="%.6f"))
                 atomic_write_text(tables / f"{name}_training_length.md", f"# {name}: accuracy against training length "
                                   f"(profile `{study.name}`)\n\n" + TRAINING_LENGTH_NOTE
-                                  + markdown(length, TRAINING_LENGTH_COLUMNS))
+                                  + markdown(length.assign(variant=length.variant.map(variant_label)),
+                                             TRAINING_LENGTH_COLUMNS))
                 drawn[f"training length {name}"] = draw.training_length(length, figures / f"training_length_{name}.png")
-                links += (f"; training length: [`{link(tables / f'{name}_training_length.md')}`]"
+                links += (f"; training length: [`{name}_training_length.md`]"
                           f"({link(tables / f'{name}_training_length.md')})")
                 parts.append(training_length_sentence(length))
             for variant in frontier[frontier.attention == "acla"].variant.unique():
-                drawn[f"gates while training {name}, {variant}"] = draw.gate_diagnostics(
+                drawn[f"gates while training {name}, {variant_label(variant)}"] = draw.gate_diagnostics(
                     task_dir / "frontier" / "curves.csv", figures / f"gates_{name}_{slug(variant)}.png", variant)
             for folder in sorted((task_dir / "frontier" / "keys").glob("*/*/")):
-                drawn[f"keys of {folder.parent.name} on {folder.name}"] = draw.key_maps(
+                drawn[f"keys of {names.get(folder.parent.name, folder.parent.name)} on {folder.name}"] = draw.key_maps(
                     folder, figures / f"keys_{folder.parent.name}_{folder.name}.png")
-            parts.append(activity_sentence(task_dir / "frontier" / "keys"))
+            parts.append(activity_sentence(task_dir / "frontier" / "keys", names))
         parts.append(links + ".\n")
         for setting_dir in sorted((task_dir / "evaluate").glob("*/")):
             if setting_dir.is_dir():
@@ -534,89 +591,226 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
                 drawn[f"crops {setting_dir.name}"] = draw.visual_crops(setting_dir, figures / f"crops_{setting_dir.name}.png")
         drawn[f"gates while training {name}"] = draw.gate_diagnostics(task_dir / "retrain" / "curves.csv",
                                                                      figures / f"gates_{name}.png")
-        info = stage_provenance(task_dir, "evaluate")
         train = info.get("train", {})
         parts.append(f"Settings {info.get('settings', '?')}; trained on {train.get('train_sets', '?')} for "
                      f"{train.get('iterations', '?')} iterations (batch {train.get('batch_size', '?')}, patch "
                      f"{train.get('patch_size', '?')}), backbone `{info.get('model', {}).get('backbone', '?')}`, "
                      f"seeds {info.get('seeds', '?')}.\n")
         sections.append("\n".join(part for part in parts if part))
+    drawn = {title: path for title, path in drawn.items() if path is not None}
+    for stale in set(figures.glob("*.png")) - set(drawn.values()):
+        stale.unlink()
+    found = claim_comparisons(study) if study.is_dir() else {}
+    atomic_write_text(section.with_name("claims.csv"), claims_frame(found).to_csv(index=False))
+    atomic_write_text(section.with_name("comparisons.csv"), comparisons_frame(found).to_csv(index=False))
     summary = profile_summary(study)
+    shown = next(((title, path) for start in FRONT_FIGURES for title, path in drawn.items() if title.startswith(start)),
+                 None)
+    if shown:
+        summary["front_figure"] = {"title": shown[0], "path": Path(os.path.relpath(shown[1], front)).as_posix()}
+    summary |= {"training": scale_words(summary["scale"]), "seeds": seeds_words(summary["scale"])}
     atomic_write_text(section.with_name("summary.json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(section.with_name("claims.csv"), profile_claims(study).to_csv(index=False))  # the verdict's
+    looks = resource_table("figure_notes.csv")
     lines = [
-        f"## Profile `{study.name}`\n",
+        f"# Profile `{study.name}`: the evidence in full\n",
+        f"Part of the [report]({link(front / 'README.md')}); terms in its "
+        f"[glossary]({link(front / 'README.md')}#glossary)."
+        + (f" This profile: {PROFILE_NOTES[study.name]}.\n" if study.name in PROFILE_NOTES else "\n"),
         (f"Device {summary['device']}; torch {summary['torch']}; commit {summary['commit']}; {summary['date']}; "
          f"data root {summary['data_root']}; wall time of its stages {summary['wall_seconds'] / 60:.1f} min.\n"),
         "Paper tables: " + ("; ".join(notes) if notes else "none transcribed (every paper cell n/a)") + ".\n",
         *sections,
         (f"Not run in this profile (`settings: []`): {', '.join(skipped)}.\n" if skipped else ""),
-        f"Classical rows beside the published values: [`{link(classical_md)}`]({link(classical_md)}).\n"
+        f"Classical rows beside the published values: [`classical.md`]({link(classical_md)}).\n"
         if classical_md and classical_md.is_file() else "",
-        "Figures: " + "; ".join(f"[{title}]({link(path)})" for title, path in drawn.items() if path is not None) + ".\n",
-        *(f"![{title}]({link(path)})\n" for title, path in drawn.items()
-          if path is not None and title.startswith(SHOWN_FIGURES)),
+        "## Figures\n",
+        "All: " + "; ".join(f"[{title}]({link(path)})" for title, path in drawn.items()) + ".\n",
+        *(figure_markdown(title, link(path), looks) for title, path in drawn.items()
+          if title.startswith(tuple(looks.title_start))),
     ]
-    atomic_write_text(section, "\n".join(lines) + "\n")
-    return {"tasks": [d.name for d in tasks], "figures": {k: str(v) for k, v in drawn.items() if v},
+    atomic_write_text(section, "\n".join(line for line in lines if line) + "\n")
+    return {"tasks": [d.name for d in tasks], "figures": {k: str(v) for k, v in drawn.items()},
             "paper_notes": notes, "summary": summary}
 
 
+# What each profile is, in a line (the front page's profile table). A new profile needs a line here and, for a
+# result profile, nothing else: ``acla.study.verdict.RESULT_PROFILES`` is every profile but the pipeline checks.
 PROFILE_NOTES = {
-    "cpu": "learned results on the real benchmarks at a 2-core budget: tiny EDSR (8 x 32) trained minutes per model, "
-           "scored on whole benchmark images; the tasks, training sets and seeds its section lists; far from the "
-           "paper's scale",
-    "cpu-long": "SR x2 at the cpu profile's scale against training length: the backbone, ACLA and the gate-bias-0 "
-                "remedy, each a whole cosine schedule of every budget listed, CLA K=9 at the first; 2 seeds each",
-    "cpu-gates": "SR x2 at the cpu profile's scale: ACLA's gates (accuracy against keys per query at several λk, CLA at "
-                 "K 1, 4, 9, and the remedies that depart from the spec's recipe), 2 seeds each",
-    "smoke": "a pipeline check, not a result: tiny networks trained for seconds each on the bundled images (the "
-             "iterations are in each task's line); at 250 iterations the same code and seeds gave SR x2 "
-             "Δ(ACLA − backbone) +0.06 dB on one CPU and −0.83 dB on another, because float summation order "
-             "differs between CPUs",
+    "cpu": "every task on whole benchmark images, and a placement ablation",
+    "cpu-long": "SR x2 against training length: backbone, ACLA and a remedy at each budget",
+    "cpu-gates": "SR x2: accuracy against keys per query at several λk and K, and remedies",
+    "gpu-check": "that the models learn and run on a GPU: one seed each, and timings",
+    "smoke": "a pipeline check, not a result: tiny networks trained seconds each on the bundled images; at 250 "
+             "iterations the same code and seeds gave SR x2 Δ(ACLA − backbone) +0.06 dB on one CPU and −0.83 dB on "
+             "another, because float summation order differs between CPUs",
+    "ci": "a pipeline check, not a result: what the notebooks run by default, seconds a stage",
 }
 
 
-def verdict_section(reports: Path, present: list[str]) -> str:
-    """The verdict on the paper's claims (``acla.study.verdict``): the rule, then one column per result profile
-    present (its ``claims.csv``) and per ``gpu-check`` run under ``reports/gpu/``."""
+def summary_lines(columns: dict[str, dict], paper: str) -> list[str]:
+    """The front page's first screen: what was replicated and at what scale against the paper's, then per claim the
+    word of each column (``columns``: name -> claims, comparisons, summary) and the number that carries the most
+    decisive one."""
+    cpu = [c["summary"]["scale"] for c in columns.values() if c["summary"].get("scale", {}).get("iterations")]
+    ours = []
+    if cpu:
+        merged = {key: sorted({v for s in cpu for v in s[key]}) for key in ("backbones", "iterations", "train_sets")}
+        spans = sorted({n for s in cpu for span in s["seeds"].values() for n in span})
+        devices = sorted({c["summary"]["device"] for c in columns.values() if c["summary"].get("scale")})
+        ours.append(f"{scale_words(merged)}, {_span(spans)} seeds, on {', '.join(devices)}")
+    ours += [f"{c['summary']['training']} (one seed) on {c['summary']['device']}" for c in columns.values()
+             if "scale" not in c["summary"] and c["summary"]["training"]]
+    lines = ["We re-implemented ACLA ([arXiv 2203.03619](https://arxiv.org/abs/2203.03619)): attention from a layer to "
+             "a few keys sampled in earlier layers, gates that choose how many keys each query keeps, and a search "
+             "for where to insert the modules, and tested the claims of its abstract. Our scale is far below the "
+             f"paper's: {'; '.join(ours)}" + (f"; the paper's: {paper}" if paper else "") + ".\n"]
+    for claim_id, claim in CLAIMS.items():
+        words: dict[str, list[str]] = {}
+        rows = {}
+        for name, column in columns.items():
+            row = column["claims"].set_index("claim_id").loc[claim_id]
+            if row.word != "not measured":
+                words.setdefault(row.word, []).append(name)
+                rows[name] = row
+        if not rows:
+            lines.append(f"- {claim.statement}: not measured.")
+            continue
+        ranked = sorted(words, key=lambda w: ("supported", "contradicted", "inconclusive").index(w))
+        carrier = next(name for name in rows if rows[name].word == ranked[0])
+        row = rows[carrier]
+        number = f"ACLA − backbone on {row.on}: {row.number}" if claim_id in TASKS else row.carried_by
+        lines.append(f"- {claim.statement}: " + "; ".join(f"**{w}** in {', '.join(words[w])}" for w in ranked)
+                     + f" ({number}, {carrier}).")
+    return lines
+
+
+def front_columns(reports: Path, present: list[str]) -> dict[str, dict]:
+    """The verdict's columns: every result profile present (its ``claims.csv``, ``comparisons.csv`` and
+    ``summary.json``) and every ``gpu-check`` run under ``reports/gpu/``."""
     columns = {}
     for profile in present:
-        claims = reports / "tables" / profile / "claims.csv"
-        if profile in RESULT_PROFILES and claims.is_file():
-            device = json.loads((reports / "tables" / profile / "summary.json").read_text())["device"]
-            columns[f"`{profile}` ({device})"] = pd.read_csv(claims, keep_default_na=False)
+        folder = reports / "tables" / profile
+        if profile in RESULT_PROFILES and (folder / "claims.csv").is_file():
+            columns[profile] = {"claims": pd.read_csv(folder / "claims.csv", keep_default_na=False),
+                                "comparisons": pd.read_csv(folder / "comparisons.csv", keep_default_na=False),
+                                "summary": json.loads((folder / "summary.json").read_text()),
+                                "page": folder / "section.md"}
     for run in sorted((reports / "gpu").glob("*/run.json")):
-        columns[f"gpu-check ({json.loads(run.read_text()).get('device', run.parent.name)})"] = gpu_check_claims(run.parent)
-    if not columns:
+        found = gpu_check_comparisons(run.parent)
+        info = json.loads(run.read_text())
+        columns["gpu-check" if "gpu-check" not in columns else f"gpu-check {run.parent.name}"] = {
+            "claims": claims_frame(found), "comparisons": comparisons_frame(found), "page": run.parent / "README.md",
+            "summary": {"device": info.get("device", run.parent.name), "wall_seconds": info.get("wall_seconds", 0),
+                        "training": found.get("sr", ([], ""))[1], "seeds": "1"}}
+    return columns
+
+
+def claim_deltas(columns: dict[str, dict]) -> pd.DataFrame:
+    """The task claims' comparisons of every column, for ``acla.study.figures.claim_deltas``."""
+    frames = [c["comparisons"].assign(profile=name) for name, c in columns.items() if len(c["comparisons"])]
+    if not frames:
+        return pd.DataFrame()
+    data = pd.concat(frames, ignore_index=True)
+    data = data[data.claim_id.isin(TASKS)]
+    noise = pd.to_numeric(data.noise, errors="coerce")
+    return pd.DataFrame({"task": data.claim_id.map(lambda t: CLAIMS[t].name), "set": data.label,
+                         "profile": data.profile, "delta": pd.to_numeric(data.difference),
+                         "se": (noise / 2).where(np.isfinite(noise))})
+
+
+def evidence_markdown(name: str, column: dict, reports: Path) -> str:
+    """One column's evidence on the front page: what it is, its claims with every comparison, its figure."""
+    page = Path(os.path.relpath(column["page"], reports)).as_posix()
+    lines = [f"### {name}\n", f"All its tables and figures: [{page}]({page}).\n"]
+    backbones = column["summary"].get("scale", {}).get("backbones", [])
+    for row in column["claims"].to_dict(orient="records"):
+        where = row["scale"].removeprefix(f"{backbones[0]}, ") if len(backbones) == 1 else row["scale"]  # in the table
+        if row["word"] != "not measured":
+            lines.append(f"- **{CLAIMS[row['claim_id']].name}**: {row['word']} ({row['for']} for, {row['against']} "
+                         f"against of {row['comparisons']}). {row['evidence']}" + (f". At {where}." if where else "."))
+    shown = column["summary"].get("front_figure")
+    if shown:
+        lines += ["", figure_markdown(shown["title"], shown["path"], resource_table("figure_notes.csv"))]
+    return "\n".join(lines) + "\n"
+
+
+def paper_scale(params: Path) -> str:
+    """The paper's SR training as params.yaml's ``paper`` profile sets it (from the authors' code)."""
+    if not params.is_file():
         return ""
-    return "## Verdict on the paper's claims\n\n" + RULE + "\n\n" + verdict_markdown(columns) + "\n"
+    task = load_study(params, "paper").tasks["sr"]
+    return (f"{BACKBONE_NAMES.get(task.model.backbone, task.model.backbone)}, {task.train.iterations:,} it on "
+            f"{', '.join(task.train.train_sets)}, as its authors' code sets it")
 
 
-def render_front_page(reports: Path) -> Path:
-    """``reports/README.md``: every profile present under ``reports/tables/<profile>/`` (``section.md`` and
-    ``summary.json``, written by ``render_study``), the most informative first (paper, gpu, cpu, smoke, ci),
-    each with its device and duration."""
+def render_front_page(reports: Path, params: Path | None = None) -> Path:
+    """``reports/README.md``: the answer first (a summary, the figure of the task claims, the verdict table), then
+    the evidence per result profile (``render_study``'s ``claims.csv``, ``comparisons.csv`` and ``summary.json``,
+    and every gpu-check run), then the rules and the glossary; and ``reports/pipeline-checks.md`` for smoke and ci.
+    ``params`` (default: ``params.yaml`` beside ``reports``) gives the paper's scale."""
     present = [p for p in PROFILES if (reports / "tables" / p / "section.md").is_file()
                and (reports / "tables" / p / "summary.json").is_file()]
-    lines = ["# Reports: the ACLA replication study\n",
-             ("Everything here is written by the pipeline (`dvc repro`; another profile: `dvc exp run -S profile=NAME`), "
-             "no number typed by hand. Each profile writes only its own folders (`study/<profile>/`, "
-             "`tables/<profile>/`, `figures/<profile>/`, `metrics/<profile>/`), so the profiles below stand side "
-             "by side. Network rows are mean ± std over seeds (n = seeds); Δ is ± its standard error; literature "
-             "rows cite their paper and table.\n"),
-             verdict_section(reports, present),
-             "| profile | device | torch | wall time | date | commit | what it is |", "|---|---|---|---|---|---|---|"]
-    for profile in present:
-        summary = json.loads((reports / "tables" / profile / "summary.json").read_text())
-        lines.append(f"| [`{profile}`](#profile-{profile}) | {summary['device']} | {summary['torch']} | "
-                     f"{summary['wall_seconds'] / 60:.1f} min | {summary['date']} | {summary['commit']} | "
-                     f"{PROFILE_NOTES.get(profile, '')} |")
-    lines.append("")
-    for profile in present:
-        lines.append((reports / "tables" / profile / "section.md").read_text())
+    columns = front_columns(reports, present)
+    figure = draw.claim_deltas(claim_deltas(columns), reports / "figures" / "summary_delta.png") if columns else None
+    lines = ["# ACLA replication: does adaptive cross-layer attention help image restoration?\n"]
+    if columns:
+        lines += summary_lines(columns, paper_scale(params or reports.parent / "params.yaml")) + [""]
+        if figure:
+            lines.append(figure_markdown("claims: ACLA − backbone per task and test set",
+                                         Path(os.path.relpath(figure, reports)).as_posix(),
+                                         resource_table("figure_notes.csv")))
+        lines += ["## The verdict per profile\n",
+                  verdict_markdown({name: c["claims"] for name, c in columns.items()},
+                                   {name: "#" + name.lower().replace(" ", "-") for name in columns}),
+                  "How a word follows from the comparisons: [rules](#rules); the terms: [glossary](#glossary). "
+                  "Smoke and ci only check that the pipeline runs: [pipeline checks](pipeline-checks.md).\n",
+                  "## Evidence per profile\n",
+                  profiles_table({name: c["summary"] for name, c in columns.items()}, PROFILE_COLUMNS), ""]
+        lines += [evidence_markdown(name, column, reports) for name, column in columns.items()]
+        lines += ["## Rules\n", RULE + "\n"]
+        tests = {}
+        for claim in CLAIMS.values():
+            tests.setdefault(claim.test, []).append(claim.name)
+        lines += [f"- {', '.join(names)}: {test}" for test, names in tests.items()]
+        lines += ["", "The pipeline writes every page here (`dvc repro`) from the CSV and JSON under `study/`; no "
+                  "number is typed by hand.\n"]
+    else:
+        lines.append("No result profile has been rendered yet: see [pipeline checks](pipeline-checks.md).\n")
+    lines += ["## Glossary\n", *(f"- **{r.term}**: {r.meaning}"
+                                 + (f" ([method]({METHOD}#{r.anchor}))" if r.anchor else "")
+                                 for r in resource_table("glossary.csv").itertuples())]
     path = reports / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    render_pipeline_checks(reports, [p for p in present if p in PIPELINE_CHECKS])
+    return path
+
+
+PROFILE_COLUMNS = ("what it tests", "model, training", "seeds", "device", "wall time")
+
+
+def profiles_table(summaries: dict[str, dict], columns: tuple[str, ...], page: str = "") -> str:
+    """One row per profile (its ``summary.json``) with the named ``columns``; ``page`` (``{}`` for the profile) links
+    each name."""
+    lines = ["| profile | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, summary in summaries.items():
+        values = {"what it tests": PROFILE_NOTES.get(name.split()[0], ""),
+                  "model, training": summary.get("training", ""), "wall time": f"{summary['wall_seconds'] / 60:.1f} min",
+                  **{key: summary.get(key, "") for key in ("seeds", "device", "torch", "date", "commit")}}
+        label = f"[`{name}`]({page.format(name)})" if page else name
+        lines.append(f"| {label} | " + " | ".join(str(values[column]) for column in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_pipeline_checks(reports: Path, checks: list[str]) -> Path:
+    """``reports/pipeline-checks.md``: the smoke and ci profiles, which check that every stage runs, with links to
+    their pages; their numbers judge no claim."""
+    summaries = {p: json.loads((reports / "tables" / p / "summary.json").read_text()) for p in checks}
+    text = ("# Pipeline checks: the smoke and ci profiles\n\nThese profiles run every stage of the study on tiny inputs "
+            "to show that the pipeline works; their numbers judge no claim of the paper (the [report](README.md) does, "
+            "from the result profiles; terms in its [glossary](README.md#glossary)).\n\n"
+            + profiles_table(summaries, (*PROFILE_COLUMNS, "torch", "date", "commit"), "tables/{}/section.md"))
+    path = reports / "pipeline-checks.md"
+    atomic_write_text(path, text)
     return path
 
 

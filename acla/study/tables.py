@@ -10,6 +10,7 @@ typed into code. A row whose set is partial is never compared with a full-set pu
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -317,7 +318,7 @@ def ablation_table(task_dir: Path) -> pd.DataFrame:
 
 def profile_summary(profile_dir: Path) -> dict:
     """Profile, devices, torch, commits, dates and total wall time of one profile's study folder, from the
-    ``provenance.json`` of every stage (and the classical rows')."""
+    ``provenance.json`` of every stage (and the classical rows'), and what it trained (``training_scale``)."""
     records = [json.loads(p.read_text()) for p in sorted(profile_dir.glob("*/*/provenance.json"))]
     classical = profile_dir.parents[1] / "tables" / profile_dir.name / "classical_provenance.json"
     if classical.is_file():
@@ -331,7 +332,37 @@ def profile_summary(profile_dir: Path) -> dict:
 
     return {"profile": profile_dir.name, "device": values("device"), "torch": values("torch"),
             "commit": values("commit"), "date": values("date"), "data_root": values("data_root"),
-            "wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in records), "stages": len(records)}
+            "wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in records), "stages": len(records),
+            "scale": training_scale(profile_dir)}
+
+
+def training_scale(study: Path) -> dict:
+    """What a profile trained, from its stages' provenance and CSVs: the backbones, iterations and training sets, and
+    the seeds per stage (headline, frontier, ablation) with the headline's variants."""
+    backbones, iterations, train_sets, seeds, headline_variants = set(), set(), set(), {}, set()
+
+    def count(stage: str, n: int) -> None:
+        low, high = seeds.get(stage, (n, n))
+        seeds[stage] = (min(low, n), max(high, n))
+
+    for task_dir in sorted(p for p in study.iterdir() if p.is_dir()) if study.is_dir() else []:
+        info = stage_provenance(task_dir, "retrain")
+        if not info or info.get("skipped"):
+            continue
+        backbones.add(BACKBONE_NAMES.get(info["model"]["backbone"], info["model"]["backbone"]))
+        iterations.add(int(info["train"]["iterations"]))
+        train_sets.update(info["train"]["train_sets"])
+        count("headline", len(info.get("seeds", [])))
+        headline_variants.update(info.get("headline", []))
+        for stage in ("frontier", "ablation"):
+            csv = task_dir / stage / f"{stage}.csv"
+            runs = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+            if len(runs) and (stage == "frontier" or not set(runs.variant) <= set(NETWORKS)):  # not the headline's
+                count(stage, int(runs.groupby("variant").seed.nunique().max()))
+                iterations.update(int(i) for i in runs.iterations.unique())
+    return {"backbones": sorted(backbones), "iterations": sorted(iterations), "train_sets": sorted(train_sets),
+            "seeds": {stage: list(span) for stage, span in seeds.items()},
+            "headline": [v for v in NETWORKS if v in headline_variants]}
 
 
 def number_cell(value: object, digits: int = 4, signed: bool = False) -> str:
@@ -403,14 +434,20 @@ def training_length(task_dir: Path) -> pd.DataFrame:
     return table.sort_values(["setting", "set", "variant", "iterations"], ignore_index=True)
 
 
+def variant_label(variant: str) -> str:
+    """A frontier point's name as the pages and figures write it: ``acla lk=0.001`` -> ``ACLA λk=0.001`` (the CSVs
+    keep ASCII names)."""
+    return re.sub(r"\b(acla|cla)\b", lambda m: m.group(1).upper(), str(variant)).replace("lk=", "λk=")
+
+
 def split_departures(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Frontier rows trained with the spec's recipe, and those of the remedies (a non-empty ``departures``)."""
+    """Frontier rows trained with the recipe, and those of the remedies (a non-empty ``departures``)."""
     departs = departure_labels(points).astype(bool)
     return points[~departs], points[departs]
 
 
 def departure_labels(points: pd.DataFrame) -> pd.Series:
-    """The ``departures`` column as text, empty for the spec's recipe (a CSV reads an all-empty column as NaN)."""
+    """The ``departures`` column as text, empty for the recipe (a CSV reads an all-empty column as NaN)."""
     if "departures" not in points:
         return pd.Series("", index=points.index)
     return pd.Series(["" if pd.isna(value) else str(value) for value in points.departures], index=points.index)

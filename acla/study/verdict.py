@@ -1,33 +1,9 @@
 """The verdict on the paper's claims: one row per claim of its abstract, one column per profile (and device) that
 measured it, each cell a word, the numbers behind it and the scale they were measured at.
 
-Every claim is tested by comparisons, and one rule (``RULE``) turns any claim's comparisons into a word. A
-comparison has a measured difference d and a noise band e: it is *for* the claim when d > e, *against* it when
-d < -e, and *neutral* otherwise (e is infinite when the noise is unknown, e.g. one seed). The claim is then
-
-* **supported** when at least half of its comparisons are for it and none is against it,
-* **contradicted** when at least half are against it and none is for it,
-* **inconclusive** otherwise (mixed, within the noise, or unmeasured noise).
-
-What the comparisons of each claim are:
-
-* *ACLA improves <task> over its backbone*: per setting and test set, d = PSNR(ACLA) - PSNR(backbone) (means
-  over seeds, equal training budget), e = 2 standard errors of that difference over the seeds. From the headline
-  (``evaluate``) when the profile trains both; else from the frontier's longest budget that holds both, with
-  the spec's-recipe ACLA point chosen on the validation set.
-* *the number of keys per query is adaptive*: per trained ACLA model with a key budget (lambda_k > 0) and the
-  spec's recipe, whose gates had stopped moving: for when at least half its modules pass issue #28's test (no
-  open-key count holds more than 80 % of the queries, the mean is within 10-90 % of R K; mean over seeds),
-  against otherwise (e = 0; a model whose gates still moved at the end of training is neutral). The frontier's
-  models are tested on a test set; the headline's ACLA on its validation set at its last validation (its
-  training curves log the gates' statistics there).
-* *the searched insertion beats other placements at equal cost*: per other placement of as many ACLA modules
-  (the ablation), d = validation PSNR(searched) - PSNR(other), e = 2 standard errors over seeds.
-* *ACLA is efficient*: per measured input, d = 2 x FLOPs overhead - latency overhead (both of ACLA over its
-  backbone, in %), e = 0: for when the latency overhead is within twice the FLOPs overhead (the module runs about
-  as fast as its arithmetic says), against otherwise.
-
-Smoke and ci are pipeline checks, not results: they get no column.
+Every claim is tested by comparisons (``CLAIMS[...].test`` says what one comparison of each claim measures), and one
+rule (``RULE``, ``word``) turns any claim's comparisons into a word. Smoke and ci are pipeline checks, not results:
+they get no column (``PIPELINE_CHECKS``); every other profile of ``acla.config.PROFILES`` is a result profile.
 """
 
 from __future__ import annotations
@@ -39,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from acla.config import ABLATION_INSERTIONS
+from acla.config import ABLATION_INSERTIONS, PROFILES
 from acla.engine.gates import adaptive
 from acla.study.tables import (
     BACKBONE_NAMES,
@@ -49,38 +25,56 @@ from acla.study.tables import (
     moving_gates,
     split_departures,
     stage_provenance,
+    variant_label,
 )
 
-RULE = ("Each claim is tested by comparisons, each a measured difference d with a noise band e (2 standard errors "
-        "over seeds for PSNR; e = 0 for the adaptivity and efficiency tests): a comparison is *for* the claim when "
-        "d > e, *against* it when d < -e, neutral otherwise (one seed: neutral). A claim is **supported** when at "
-        "least half its comparisons are for it and none against, **contradicted** when at least half are against "
-        "it and none for, **inconclusive** otherwise. Comparisons: each task's rows, ACLA − backbone PSNR per test "
-        "set at equal budget; adaptivity, each ACLA model trained with a key budget (λk > 0) under the spec's "
-        "recipe, for when at least half its modules pass issue #28's test (no open-key count above 80 % of the "
-        "queries, mean within 10–90 % of R·K; the frontier's models on a test set, the headline's on the validation "
-        "set at its last validation, every seed), against when fewer do, neutral while its gates still move; "
-        "placement, the searched locations against each other placement of as many modules (validation PSNR); "
-        "efficiency, for when ACLA's latency overhead over its backbone is at most twice its FLOPs overhead. "
-        "Smoke and ci are pipeline checks and get no column (rules in `acla/study/verdict.py`).")
+RULE = ("A comparison measures a difference d and its noise band e (2 SE for PSNR; 0 for counts and timings; unknown "
+        "with one seed). It is *for* the claim when d > e, *against* it when d < −e, neutral otherwise. A claim is "
+        "**supported** when at least half its comparisons are for it and none against, **contradicted** when at least "
+        "half are against it and none for, **inconclusive** otherwise. Comparisons per claim:")
 
-TASK_CLAIMS = {"sr": "ACLA improves super-resolution over its backbone",
-               "denoise": "ACLA improves denoising over its backbone",
-               "demosaic": "ACLA improves demosaicing over its backbone",
-               "jpeg": "ACLA improves JPEG artifact reduction over its backbone"}
-CLAIMS = {**TASK_CLAIMS, "adaptive": "The number of keys per query is adaptive",
-          "placement": "The searched insertion beats other placements at equal cost",
-          "efficient": "ACLA is efficient (latency overhead against FLOPs overhead)"}
-RESULT_PROFILES = ("paper", "gpu", "cpu", "cpu-gates", "cpu-long")  # smoke and ci: pipeline checks, not results
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper's abstract: the verdict table's row ``name``, the claim in full, and what one
+    comparison of it measures (the rules at the front page's end)."""
+
+    name: str
+    statement: str
+    test: str
+
+
+_TASK_TEST = ("per test set, Δ = PSNR(ACLA) − PSNR(backbone) at equal budget: the headline models, else the "
+              "frontier's longest budget, its recipe ACLA chosen on the validation set.")
+CLAIMS = {
+    "sr": Claim("SR", "ACLA improves super-resolution over its backbone", _TASK_TEST),
+    "denoise": Claim("denoising", "ACLA improves denoising over its backbone", _TASK_TEST),
+    "demosaic": Claim("demosaicing", "ACLA improves demosaicing over its backbone", _TASK_TEST),
+    "jpeg": Claim("JPEG", "ACLA improves JPEG artifact reduction over its backbone", _TASK_TEST),
+    "adaptive": Claim("adaptive keys", "The number of keys per query is adaptive",
+                      "per ACLA model trained with the recipe and λk > 0: for when at least half its modules adapt, "
+                      "against when fewer do, neutral while its gates still move."),
+    "placement": Claim("placement", "The searched insertion beats other placements at equal cost",
+                       "per other placement of as many modules, Δ = validation PSNR(searched) − PSNR(other)."),
+    "efficient": Claim("efficiency", "ACLA is efficient (latency overhead against FLOPs overhead)",
+                       "per input size, for when ACLA's latency overhead is at most twice its FLOPs overhead, "
+                       "against otherwise."),
+}
+TASKS = ("sr", "denoise", "demosaic", "jpeg")
+PIPELINE_CHECKS = ("smoke", "ci")  # they check that the pipeline runs; their numbers judge nothing
+RESULT_PROFILES = tuple(p for p in PROFILES if p not in PIPELINE_CHECKS)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One test of a claim: the measured difference, its noise band, and the numbers in words."""
+    """One test of a claim: the measured difference, its noise band, the numbers in words, and the number alone
+    (``short``) with what it was measured on (``label``: a test set, an input size)."""
 
     difference: float
     noise: float
     text: str
+    short: str = ""
+    label: str = ""
 
     @property
     def side(self) -> int:
@@ -103,14 +97,25 @@ def word(comparisons: list[Comparison]) -> str:
     return "inconclusive"
 
 
+def carrying(comparisons: list[Comparison]) -> Comparison | None:
+    """The comparison that carries a claim's word: the strongest for it (supported), the strongest against it
+    (contradicted), else the largest difference."""
+    verdict = word(comparisons)
+    side = {"supported": 1, "contradicted": -1}.get(verdict)
+    if side is not None:
+        return max((c for c in comparisons if c.side == side), key=lambda c: side * c.difference - c.noise)
+    measured = [c for c in comparisons if not math.isnan(c.difference)]
+    return max(measured, key=lambda c: abs(c.difference)) if measured else None
+
+
 def psnr_comparison(a_mean: float, a_std: float, a_n: int, b_mean: float, b_std: float, b_n: int,
                     where: str) -> Comparison:
     """a - b with 2 standard errors of independent seeds as the noise band (infinite with one seed)."""
     delta = a_mean - b_mean
     if a_n > 1 and b_n > 1:
         se = float(difference_se(a_std, a_n, b_std, b_n))
-        return Comparison(delta, 2 * se, f"{where} {delta:+.3f} ± {se:.3f} dB (n={a_n}/{b_n})")
-    return Comparison(delta, math.inf, f"{where} {delta:+.3f} dB (one seed)")
+        return Comparison(delta, 2 * se, f"{where} {delta:+.3f} ± {se:.3f} dB", f"{delta:+.3f} ± {se:.3f} dB", where)
+    return Comparison(delta, math.inf, f"{where} {delta:+.3f} dB (one seed)", f"{delta:+.3f} dB, one seed", where)
 
 
 # ------------------------------------------------------------------------------------------ the claims
@@ -142,45 +147,55 @@ def task_comparisons(task_dir: Path) -> tuple[list[Comparison], str]:
             a, b = a.iloc[0], b.iloc[0]
             comparisons.append(psnr_comparison(a.psnr_mean, a.psnr_std, int(a.n_seeds), b.psnr_mean, b.psnr_std,
                                                int(b.n_seeds), set_name))
-    return comparisons, scale(task_dir, int(both[0])) + f", {chosen} (chosen on the validation set)"
+    return comparisons, scale(task_dir, int(both[0])) + f", {variant_label(chosen)} (chosen on the validation set)"
 
 
 def adaptive_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
-    """Every key-budgeted recipe ACLA model of the frontier; else the headline ACLA (``headline_gate_comparison``)."""
+    """The adaptivity test of every key-budgeted ACLA model a profile trained with the recipe: per task, the
+    frontier's points when it has a frontier (``frontier_gate_comparisons``), else the headline ACLA
+    (``headline_gate_comparison``)."""
     comparisons, scales = [], []
     for task_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
         frontier = frontier_table(task_dir)
         if len(frontier):
-            recipe, _ = split_departures(frontier)
-            points = recipe[(recipe.attention == "acla") & (recipe.key_budget_weight > 0)]
-            points = points[points.set == points.set.iloc[-1]] if len(points) else points
-            comparisons += [gate_comparison(f"λk={r.key_budget_weight:g} at {int(r.iterations)} it",
-                                            r.adaptive_modules_mean, int(r.modules), r.open_keys_mean,
-                                            r.keys_per_query, r.gates_moving == "yes")
-                            for r in points.itertuples()]
-            if len(points):
-                scales.append(scale(task_dir, int(points.iterations.max())) + f" (open keys on {points.set.iloc[-1]})")
+            found = frontier_gate_comparisons(frontier)
+            comparisons += found
+            if found:
+                scales.append(f"{scale(task_dir, int(frontier.iterations.max()))} (open keys on "
+                              f"{frontier.set.iloc[-1]})")
             continue
         retrain = stage_provenance(task_dir, "retrain")
         for summary_path in sorted((task_dir / "evaluate").glob("*/keys/summary.json")):
             found = headline_gate_comparison(task_dir, json.loads(summary_path.read_text()), retrain)
-            if found is not None:
+            if found is not None:  # its label names the setting, budget and set
                 comparisons.append(found)
-                scales.append(scale(task_dir, int(retrain.get("train", {}).get("iterations", 0))))
     return comparisons, "; ".join(dict.fromkeys(scales))
+
+
+def frontier_gate_comparisons(frontier: pd.DataFrame) -> list[Comparison]:
+    """The frontier's points that can show adaptivity: ACLA trained with the recipe (no departure) and a key budget
+    (λk > 0), each on the frontier's last test set. The one place that picks them: a frontier that adds a key-budget
+    form (a ``key_budget`` column) would group these points by it here and judge each form apart."""
+    recipe, _ = split_departures(frontier)
+    points = recipe[(recipe.attention == "acla") & (recipe.key_budget_weight > 0)]
+    points = points[points.set == frontier.set.iloc[-1]]
+    return [gate_comparison(f"λk={r.key_budget_weight:g} at {int(r.iterations)} it", r.adaptive_modules_mean,
+                            int(r.modules), r.open_keys_mean, r.keys_per_query, r.gates_moving == "yes")
+            for r in points.itertuples()]
 
 
 def gate_comparison(label: str, adapting: float, modules: int, open_keys: float, keys_per_query: float,
                     moving: bool, where: str = "") -> Comparison:
-    """One ACLA model against issue #28's test: for when at least half its ``modules`` adapt (``adapting``, mean
-    over seeds), against when fewer do, neutral while its gates still move."""
+    """One ACLA model against the adaptivity test: for when at least half its ``modules`` adapt (``adapting``, mean
+    over seeds; ``acla.engine.gates.adaptive``), against when fewer do, neutral while its gates still move."""
     side = math.nan if moving else 1.0 if adapting >= modules / 2 else -1.0
     return Comparison(side, 0.0, f"{label}: {adapting:.1f}/{modules} modules adapting, {open_keys:.2f} of "
-                                 f"{keys_per_query:.2f} keys{where}" + (" (gates still moving)" if moving else ""))
+                                 f"{keys_per_query:.2f} keys{where}" + (" (gates still moving)" if moving else ""),
+                      f"{adapting:.1f}/{modules} modules adapt", label)
 
 
 def headline_gate_comparison(task_dir: Path, summary: dict, retrain: dict) -> Comparison | None:
-    """Issue #28's test of the headline ACLA (every seed) on its gate statistics at the last validation of its
+    """The adaptivity test of the headline ACLA (every seed) on its gate statistics at the last validation of its
     training (``retrain/curves.csv``, on the validation set), with the frontier's rule for gates still moving.
     The key summary of the evaluation gives each module's R K, ``retrain`` (the stage's provenance) λk, budget and
     validation set. None without gate statistics."""
@@ -223,8 +238,8 @@ def placement_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
             comparisons.append(psnr_comparison(
                 searched.val_psnr.mean(), searched.val_psnr.std(ddof=1), len(searched), other.val_psnr.mean(),
                 other.val_psnr.std(ddof=1), len(other),
-                f"{searched.setting.iloc[0]} searched ({searched['insert'].iloc[0]}) − {variant} ({other['insert'].iloc[0]}), "
-                f"{searched.val_set.iloc[0]}:"))
+                f"{searched.setting.iloc[0]} searched ({searched['insert'].iloc[0]}) − {variant_label(variant)} "
+                f"({other['insert'].iloc[0]}), {searched.val_set.iloc[0]}:"))
         if len(comparisons) > found:
             scales.append(scale(path.parents[1], int(searched.iterations.iloc[0])))
     return comparisons, "; ".join(dict.fromkeys(scales))
@@ -239,8 +254,8 @@ def efficiency_comparisons(rows: pd.DataFrame, backbone: str, acla: str, where: 
         if len(base) and len(module):
             flops = 100 * (module.flops.iloc[0] / base.flops.iloc[0] - 1)
             latency = 100 * (module.latency.iloc[0] / base.latency.iloc[0] - 1)
-            comparisons.append(Comparison(2 * flops - latency, 0.0, f"{where} {size}: FLOPs {flops:+.1f} %, "
-                                          f"latency {latency:+.1f} %"))
+            comparisons.append(Comparison(2 * flops - latency, 0.0, f"{where}{size}: FLOPs {flops:+.1f} %, latency "
+                                          f"{latency:+.1f} %", f"latency {latency:+.0f} %, FLOPs {flops:+.0f} %", size))
     return comparisons
 
 
@@ -249,7 +264,7 @@ def profile_efficiency(study_dir: Path) -> list[Comparison]:
     for path in sorted(study_dir.glob("*/efficiency/efficiency.csv")):
         frame = pd.read_csv(path).rename(columns={"variant": "model", "latency_s": "latency"})
         for (setting, device), group in frame.groupby(["setting", "device"], sort=False):
-            comparisons += efficiency_comparisons(group, "backbone", "acla", f"{setting} ({device})")
+            comparisons += efficiency_comparisons(group, "backbone", "acla", f"{setting} ")
     return comparisons
 
 
@@ -262,38 +277,29 @@ def scale(task_dir: Path, iterations: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the table
-def profile_claims(study_dir: Path) -> pd.DataFrame:
-    """One profile's claims (``reports/study/<profile>``): claim, word, evidence, scale."""
-    rows = []
-    for task, claim in TASK_CLAIMS.items():
-        comparisons, where = task_comparisons(study_dir / task) if (study_dir / task).is_dir() else ([], "")
-        rows.append(_row(claim, comparisons, where))
-    rows.append(_row(CLAIMS["adaptive"], *adaptive_comparisons(study_dir)))
-    rows.append(_row(CLAIMS["placement"], *placement_comparisons(study_dir)))
-    rows.append(_row(CLAIMS["efficient"], profile_efficiency(study_dir), "inference, 1 image"))
-    return pd.DataFrame(rows)
+def claim_comparisons(study_dir: Path) -> dict[str, tuple[list[Comparison], str]]:
+    """One profile's comparisons (``reports/study/<profile>``) and their scale in words, per claim of ``CLAIMS``."""
+    found = {task: task_comparisons(study_dir / task) if (study_dir / task).is_dir() else ([], "") for task in TASKS}
+    found["adaptive"] = adaptive_comparisons(study_dir)
+    found["placement"] = placement_comparisons(study_dir)
+    found["efficient"] = (profile_efficiency(study_dir), "inference, 1 image")
+    return found
 
 
-def gpu_check_claims(run_dir: Path) -> pd.DataFrame:
+def gpu_check_comparisons(run_dir: Path) -> dict[str, tuple[list[Comparison], str]]:
     """The claims a ``gpu-check`` run measured (``reports/gpu/<device>/``): SR (its short training, one seed) and
     efficiency (its inference timings)."""
-    rows = []
+    found: dict[str, tuple[list[Comparison], str]] = {}
     learning = run_dir / "learning" / "learning.csv"
-    comparisons, where = [], ""
     if learning.is_file():
         frame = pd.read_csv(learning)
         backbone = frame[frame.method == "EDSR-baseline"].set_index("set")
         acla = frame[frame.method.str.startswith("EDSR-baseline + ACLA")].set_index("set")
-        for name in acla.index.intersection(backbone.index):
-            comparisons.append(psnr_comparison(acla.psnr[name], math.nan, 1, backbone.psnr[name], math.nan, 1, name))
-        if len(acla):
-            where = f"EDSR-baseline, {int(acla.iterations.iloc[0]):,} it on T91"
-    for task, claim in TASK_CLAIMS.items():
-        rows.append(_row(claim, comparisons if task == "sr" else [], where if task == "sr" else ""))
-    rows.append(_row(CLAIMS["adaptive"], [], ""))
-    rows.append(_row(CLAIMS["placement"], [], ""))
+        comparisons = [psnr_comparison(acla.psnr[name], math.nan, 1, backbone.psnr[name], math.nan, 1, name)
+                       for name in acla.index.intersection(backbone.index, sort=False)]
+        if comparisons:
+            found["sr"] = (comparisons, f"EDSR-baseline, {int(acla.iterations.iloc[0]):,} it on T91")
     speed = run_dir / "speed" / "speed.csv"
-    efficiency = []
     if speed.is_file():
         frame = pd.read_csv(speed)
         frame = frame[(frame.measure == "inference") & (frame.status == "ok")].rename(
@@ -301,33 +307,64 @@ def gpu_check_claims(run_dir: Path) -> pd.DataFrame:
         models = list(dict.fromkeys(frame.model))
         acla = [m for m in models if "ACLA" in m]
         if acla:
-            efficiency = efficiency_comparisons(frame, models[0], acla[0], "")
-    rows.append(_row(CLAIMS["efficient"], efficiency, "inference, 1 image, fp32 eager"))
+            found["efficient"] = (efficiency_comparisons(frame, models[0], acla[0], ""),
+                                  "inference, 1 image, fp32 eager")
+    return found
+
+
+def claims_frame(found: dict[str, tuple[list[Comparison], str]]) -> pd.DataFrame:
+    """One row per claim of ``CLAIMS``: its word, the counts, the evidence in words, the scale, and the number that
+    carries the word (``carrying``)."""
+    rows = []
+    for claim_id, claim in CLAIMS.items():
+        comparisons, where = found.get(claim_id, ([], ""))
+        carrier = carrying(comparisons)
+        rows.append({"claim_id": claim_id, "claim": claim.statement, "word": word(comparisons),
+                     "evidence": "; ".join(c.text for c in comparisons), "scale": where,
+                     "for": sum(c.side == 1 for c in comparisons), "against": sum(c.side == -1 for c in comparisons),
+                     "comparisons": len(comparisons), "number": carrier.short if carrier else "",
+                     "on": carrier.label if carrier else "", "carried_by": carrier.text if carrier else ""})
     return pd.DataFrame(rows)
 
 
-def _row(claim: str, comparisons: list[Comparison], where: str) -> dict:
-    return {"claim": claim, "word": word(comparisons), "evidence": "; ".join(c.text for c in comparisons),
-            "scale": where, "for": sum(c.side == 1 for c in comparisons),
-            "against": sum(c.side == -1 for c in comparisons), "comparisons": len(comparisons)}
+def comparisons_frame(found: dict[str, tuple[list[Comparison], str]]) -> pd.DataFrame:
+    """Every comparison of ``found`` as a row (claim, what it was measured on, difference, noise band, side): what
+    the front page's summary figure draws."""
+    return pd.DataFrame([{"claim_id": claim_id, "label": c.label, "difference": c.difference, "noise": c.noise,
+                          "side": c.side, "scale": where, "text": c.text}
+                         for claim_id, (comparisons, where) in found.items() for c in comparisons],
+                        columns=["claim_id", "label", "difference", "noise", "side", "scale", "text"])
 
 
-def verdict_markdown(columns: dict[str, pd.DataFrame]) -> str:
-    """The front page's table: one row per claim, one column per profile/device (``columns``: header -> the
-    frame of ``profile_claims`` or ``gpu_check_claims``)."""
+def profile_claims(study_dir: Path) -> pd.DataFrame:
+    """One profile's claims (``reports/study/<profile>``): claim, word, evidence, scale."""
+    return claims_frame(claim_comparisons(study_dir))
+
+
+def gpu_check_claims(run_dir: Path) -> pd.DataFrame:
+    return claims_frame(gpu_check_comparisons(run_dir))
+
+
+def cell(row: pd.Series | None, link: str = "") -> str:
+    """A verdict table's cell: the word in bold and the number that carries it (linked to the evidence)."""
+    if row is None or row.word == "not measured":
+        return "not measured"
+    number = row.number if row.word != "inconclusive" or not (row["for"] or row.against) else (
+        f"{row['for']} for, {row.against} against")
+    return f"**{row.word}**" + (f" [{number}]({link})" if link and number else f" {number}" if number else "")
+
+
+def verdict_markdown(columns: dict[str, pd.DataFrame], links: dict[str, str] | None = None) -> str:
+    """The front page's narrow table: one row per claim, one column per profile/device (``columns``: header -> the
+    frame of ``claims_frame``), each cell a word and one number linked to ``links[header]``."""
     if not columns:
         return ""
     headers = list(columns)
     lines = ["| claim | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
-    for claim in CLAIMS.values():
+    for claim_id, claim in CLAIMS.items():
         cells = []
         for header in headers:
-            found = columns[header][columns[header].claim == claim]
-            if found.empty or found.word.iloc[0] == "not measured":
-                cells.append("not measured")
-                continue
-            r = found.iloc[0]
-            cells.append(f"**{r.word}** ({r['for']} for, {r.against} against of {r.comparisons}): {r.evidence}"
-                         + (f". Scale: {r.scale}" if r.scale else ""))
-        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+            found = columns[header][columns[header].claim == claim.statement]
+            cells.append(cell(found.iloc[0] if len(found) else None, (links or {}).get(header, "")))
+        lines.append(f"| {claim.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
