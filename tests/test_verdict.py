@@ -16,6 +16,7 @@ from acla.study.verdict import (
     carrying,
     claims_frame,
     adaptive_comparisons,
+    pays_comparisons,
     efficiency_comparisons,
     placement_comparisons,
     psnr_comparison,
@@ -133,16 +134,43 @@ def test_the_headline_acla_is_tested_on_its_last_validation_with_the_same_rule(t
     assert adaptive_comparisons(tmp_path / "degenerate")[0] == []  # no gate statistics: not measured
 
 
-def test_the_verdict_table_has_a_row_per_claim_and_a_column_per_profile() -> None:
+def test_the_verdict_table_has_a_row_per_measured_claim_and_a_column_per_profile() -> None:
     against = psnr_comparison(30.0, 0.02, 3, 30.1, 0.02, 3, "Set5")
     mixed = [Comparison(1.0, 0.0, "a", "1.0/4 modules adapt"), Comparison(-1.0, 0.0, "b", "0.0/4 modules adapt")]
     claims = claims_frame({"sr": ([against], "tiny"), "adaptive": (mixed, "")})
     assert carrying([against]) is against and claims.set_index("claim_id").number["sr"] == "-0.100 ± 0.016 dB"
     text = verdict_markdown({"cpu": claims, "cpu-long": claims.iloc[:0]}, {"cpu": "#cpu"})
     lines = text.splitlines()
-    assert lines[0] == "| claim | cpu | cpu-long |" and len(lines) == 2 + len(CLAIMS)
+    assert lines[0] == "| claim | cpu | cpu-long |" and len(lines) == 2 + 2  # the claims no column measured: no row
     assert "| SR | **contradicted** [-0.100 ± 0.016 dB](#cpu) | not measured |" in text  # one word, one number
-    assert "| adaptive keys | **inconclusive** [1 for, 1 against](#cpu) |" in text
+    assert "| adaptive keys, linear budget | **inconclusive** [1 for, 1 against](#cpu) |" in text
+
+
+def test_each_key_budget_form_is_judged_apart_and_adaptivity_pays_only_against_cla_at_equal_keys(tmp_path: Path) -> None:
+    folder = tmp_path / "sr" / "frontier"
+    folder.mkdir(parents=True)
+    base = {"ssim": 0.9, "val_psnr": 35.0, "gflops": 1.0, "mode_share_min": 0.5, "mode_share_max": 0.9,
+            "num_keys": 9, "keys_per_query": 24.75, "modules": 4, "key_budget_weight": 0.01}
+    points = {("backbone", "none", "", 24.75, 0, 35.00), ("cla K=4", "cla", "", 11.0, 0, 35.05),
+              ("cla K=9", "cla", "", 24.75, 0, 35.06), ("acla lk=0.001", "acla", "", 1.0, 0, 34.90),
+              ("acla lk=0.01 + target t=0.5", "acla", "target", 8.0, 4, 35.20),
+              ("acla lk=0.01 + target t=0.25", "acla", "target", 4.0, 1, 35.30)}
+    rows = []
+    for variant, attention, form, open_keys, adapting, psnr in points:
+        for seed in (0, 1):
+            rows.append({**base, "setting": "sr_x2", "variant": variant, "seed": seed, "iterations": 600, "set": "B100",
+                         "attention": attention, "key_budget": form, "psnr": psnr + 0.01 * seed,
+                         "open_keys": open_keys, "adaptive_modules": adapting,
+                         "open_keys_by_block": f"1:{open_keys:.2f}/24.75", "budget_target": float("nan"),
+                         "departures": "key_budget=target" if form else ""})
+    pd.DataFrame(rows).to_csv(folder / "frontier.csv", index=False)
+    linear, target = adaptive_comparisons(tmp_path)[0], adaptive_comparisons(tmp_path, "target")[0]
+    assert [c.side for c in linear] == [-1]  # the linear point keeps one key per query
+    assert sorted(c.side for c in target) == [-1, 1]  # t=0.5 adapts in 4 of 4 modules, t=0.25 in 1 of 4
+    assert adaptive_comparisons(tmp_path, "lagrangian")[0] == []
+    paid, _ = pays_comparisons(tmp_path)
+    assert len(paid) == 1 and "CLA K=4" in paid[0].text  # only the adapting point; 8 open keys -> K=4's 11 keys
+    assert paid[0].side == 1 and paid[0].difference == pytest.approx(0.15)  # 35.205 - 35.055, well beyond 2 SE
 
 
 def test_placements_compare_the_searched_locations_with_other_placements_only(tmp_path: Path) -> None:

@@ -672,8 +672,7 @@ def summary_lines(columns: dict[str, dict], paper: str) -> list[str]:
             if row.word != "not measured":
                 words.setdefault(row.word, []).append(name)
                 rows[name] = row
-        if not rows:
-            lines.append(f"- {claim.statement}: not measured.")
+        if not rows:  # a claim no profile measured (a key-budget form never trained): no line
             continue
         ranked = sorted(words, key=lambda w: ("supported", "contradicted", "inconclusive").index(w))
         carrier = next(name for name in rows if rows[name].word == ranked[0])

@@ -402,6 +402,10 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     if "departures" in runs:
         runs["departures"] = departure_labels(runs)
         extra["departures"] = ("departures", "first")
+    if "key_budget" in runs:  # (S8) the budget's form of the ACLA points (empty for the others; linear before it existed)
+        runs["key_budget"] = ["linear" if a == "acla" and (pd.isna(f) or f == "") else "" if pd.isna(f) else f
+                              for a, f in zip(runs.attention, runs.key_budget)]
+        extra["key_budget"] = ("key_budget", "first")
     table = table.merge(runs.groupby(["setting", "iterations", "variant"], sort=False).agg(
         attention=("attention", "first"), num_keys=("num_keys", "first"), key_budget_weight=("key_budget_weight", "first"),
         keys_per_query=("keys_per_query", "first"), **extra).reset_index(), on=["setting", "iterations", "variant"])

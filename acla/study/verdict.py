@@ -17,6 +17,7 @@ import pandas as pd
 
 from acla.config import ABLATION_INSERTIONS, PROFILES
 from acla.engine.gates import adaptive
+from acla.study.budget import adapts, key_budget_table, pays
 from acla.study.tables import (
     BACKBONE_NAMES,
     difference_se,
@@ -51,9 +52,19 @@ CLAIMS = {
     "denoise": Claim("denoising", "ACLA improves denoising over its backbone", _TASK_TEST),
     "demosaic": Claim("demosaicing", "ACLA improves demosaicing over its backbone", _TASK_TEST),
     "jpeg": Claim("JPEG", "ACLA improves JPEG artifact reduction over its backbone", _TASK_TEST),
-    "adaptive": Claim("adaptive keys", "The number of keys per query is adaptive",
+    "adaptive": Claim("adaptive keys, linear budget", "The number of keys per query is adaptive (linear key budget)",
                       "per ACLA model trained with the recipe and λk > 0: for when at least half its modules adapt, "
                       "against when fewer do, neutral while its gates still move."),
+    "adaptive_target": Claim("adaptive keys, target budget",
+                             "The number of keys per query is adaptive (target key budget, a departure)",
+                             "the same per ACLA model trained with the target form of the key budget."),
+    "adaptive_lagrangian": Claim("adaptive keys, lagrangian budget",
+                                 "The number of keys per query is adaptive (lagrangian key budget, a departure)",
+                                 "the same per ACLA model trained with the lagrangian form of the key budget."),
+    "pays": Claim("adaptivity pays", "Adaptive keys beat fixed keys at equal keys per query",
+                  "per adapting ACLA model with a target or lagrangian budget and per test set, Δ = PSNR(ACLA) − "
+                  "PSNR(CLA with the fewest fixed keys at or above ACLA's open keys): for when Δ > 2 SE or when Δ is "
+                  "within 2 SE with fewer keys, against when Δ < −2 SE."),
     "placement": Claim("placement", "The searched insertion beats other placements at equal cost",
                        "per other placement of as many modules, Δ = validation PSNR(searched) − PSNR(other)."),
     "efficient": Claim("efficiency", "ACLA is efficient (latency overhead against FLOPs overhead)",
@@ -150,19 +161,22 @@ def task_comparisons(task_dir: Path) -> tuple[list[Comparison], str]:
     return comparisons, scale(task_dir, int(both[0])) + f", {variant_label(chosen)} (chosen on the validation set)"
 
 
-def adaptive_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
-    """The adaptivity test of every key-budgeted ACLA model a profile trained with the recipe: per task, the
-    frontier's points when it has a frontier (``frontier_gate_comparisons``), else the headline ACLA
-    (``headline_gate_comparison``)."""
+def adaptive_comparisons(study_dir: Path, form: str = "linear") -> tuple[list[Comparison], str]:
+    """The adaptivity test of every ACLA model a profile trained with the key budget's ``form``
+    (docs/method.md#key-budget-forms): per task, the frontier's points when it has a frontier
+    (``frontier_gate_comparisons``), else the headline ACLA (``headline_gate_comparison``; the headline trains
+    the linear form)."""
     comparisons, scales = [], []
     for task_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
         frontier = frontier_table(task_dir)
         if len(frontier):
-            found = frontier_gate_comparisons(frontier)
+            found = frontier_gate_comparisons(frontier, form)
             comparisons += found
             if found:
                 scales.append(f"{scale(task_dir, int(frontier.iterations.max()))} (open keys on "
                               f"{frontier.set.iloc[-1]})")
+            continue
+        if form != "linear":
             continue
         retrain = stage_provenance(task_dir, "retrain")
         for summary_path in sorted((task_dir / "evaluate").glob("*/keys/summary.json")):
@@ -172,16 +186,47 @@ def adaptive_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
     return comparisons, "; ".join(dict.fromkeys(scales))
 
 
-def frontier_gate_comparisons(frontier: pd.DataFrame) -> list[Comparison]:
-    """The frontier's points that can show adaptivity: ACLA trained with the recipe (no departure) and a key budget
-    (λk > 0), each on the frontier's last test set. The one place that picks them: a frontier that adds a key-budget
-    form (a ``key_budget`` column) would group these points by it here and judge each form apart."""
-    recipe, _ = split_departures(frontier)
-    points = recipe[(recipe.attention == "acla") & (recipe.key_budget_weight > 0)]
+def frontier_gate_comparisons(frontier: pd.DataFrame, form: str = "linear") -> list[Comparison]:
+    """The frontier's points that can show adaptivity under the key budget's ``form``, each on the frontier's last
+    test set: for ``linear``, ACLA trained with the recipe (no departure) and λk > 0; for another form, every ACLA
+    point trained with it (the form is itself a departure)."""
+    forms = frontier.key_budget if "key_budget" in frontier else pd.Series("linear", index=frontier.index)
+    if form == "linear":
+        recipe, _ = split_departures(frontier[forms.isin(["linear", ""])])
+        points = recipe[(recipe.attention == "acla") & (recipe.key_budget_weight > 0)]
+    else:
+        points = frontier[(frontier.attention == "acla") & (forms == form)]
     points = points[points.set == frontier.set.iloc[-1]]
-    return [gate_comparison(f"λk={r.key_budget_weight:g} at {int(r.iterations)} it", r.adaptive_modules_mean,
-                            int(r.modules), r.open_keys_mean, r.keys_per_query, r.gates_moving == "yes")
+    return [gate_comparison(f"{variant_label(r.variant) if form != 'linear' else f'λk={r.key_budget_weight:g}'} at "
+                            f"{int(r.iterations)} it", r.adaptive_modules_mean, int(r.modules), r.open_keys_mean,
+                            r.keys_per_query, r.gates_moving == "yes")
             for r in points.itertuples()]
+
+
+def pays_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
+    """Does adaptivity pay? Per task, every adapting ACLA point with a target or lagrangian key budget and per test
+    set, against CLA with the fewest fixed keys at or above its open keys (``acla.study.budget``)."""
+    comparisons, scales = [], []
+    for task_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
+        table = key_budget_table(task_dir)
+        if table.empty:
+            continue
+        found = len(comparisons)
+        for row in table[(table.form != "linear") & (table.cla_point != "")].itertuples():
+            if not adapts(row):
+                continue
+            text = (f"{variant_label(row.point)} − {variant_label(row.cla_point)} at {row.iterations} it, {row.set}: "
+                    f"{row.vs_cla:+.3f} ± {row.vs_cla_se:.3f} dB with {row.open_keys:.1f} against {row.cla_keys:.1f} "
+                    "keys per query")
+            verdict = pays(row)
+            # a tie within 2 SE with fewer keys counts for the claim: its noise band is then -inf (always for)
+            noise = math.inf if verdict is None else -math.inf if verdict and abs(row.vs_cla) <= 2 * row.vs_cla_se \
+                else 2 * row.vs_cla_se
+            comparisons.append(Comparison(row.vs_cla, noise, text, f"{row.vs_cla:+.3f} ± {row.vs_cla_se:.3f} dB vs "
+                                          f"{variant_label(row.cla_point)}", row.set))
+        if len(comparisons) > found:
+            scales.append(scale(task_dir, int(table.iterations.max())))
+    return comparisons, "; ".join(dict.fromkeys(scales))
 
 
 def gate_comparison(label: str, adapting: float, modules: int, open_keys: float, keys_per_query: float,
@@ -281,6 +326,9 @@ def claim_comparisons(study_dir: Path) -> dict[str, tuple[list[Comparison], str]
     """One profile's comparisons (``reports/study/<profile>``) and their scale in words, per claim of ``CLAIMS``."""
     found = {task: task_comparisons(study_dir / task) if (study_dir / task).is_dir() else ([], "") for task in TASKS}
     found["adaptive"] = adaptive_comparisons(study_dir)
+    found["adaptive_target"] = adaptive_comparisons(study_dir, "target")
+    found["adaptive_lagrangian"] = adaptive_comparisons(study_dir, "lagrangian")
+    found["pays"] = pays_comparisons(study_dir)
     found["placement"] = placement_comparisons(study_dir)
     found["efficient"] = (profile_efficiency(study_dir), "inference, 1 image")
     return found
@@ -366,5 +414,6 @@ def verdict_markdown(columns: dict[str, pd.DataFrame], links: dict[str, str] | N
         for header in headers:
             found = columns[header][columns[header].claim == claim.statement]
             cells.append(cell(found.iloc[0] if len(found) else None, (links or {}).get(header, "")))
-        lines.append(f"| {claim.name} | " + " | ".join(cells) + " |")
+        if set(cells) != {"not measured"}:  # a row no profile measured (a key-budget form never trained) is left out
+            lines.append(f"| {claim.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
