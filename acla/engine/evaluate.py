@@ -25,7 +25,7 @@ from acla.files import atomic_open, atomic_write_text
 from acla.images import read_image, restore_image
 from acla.tasks import Task, parse_task
 
-# The benchmarks of each task kind, in the literature's order (spec section 6, setup.md).
+# The benchmarks of each task kind, in the literature's order (docs/method.md#schedule).
 TEST_SETS = {
     "sr": ("Set5", "Set14", "B100", "Urban100"),
     "denoise_color": ("CBSD68", "Kodak24", "McMaster", "Urban100"),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from acla.files import slug
 from acla.study.keys import open_keys_against_activity
-from acla.study.tables import difference_se, frontier_table, noise_word
+from acla.study.tables import difference_se, frontier_table, noise_word, variant_label
 
 TAU_RECIPE = "1 → 0.1"
 
@@ -133,3 +133,40 @@ def pays(row) -> bool | None:
     if row.vs_cla > 2 * row.vs_cla_se:
         return True
     return abs(row.vs_cla) <= 2 * row.vs_cla_se and row.open_keys < row.cla_keys - 1e-9
+
+
+COLUMNS = {"iterations": ("iterations", 0, False), "point": ("point", 0, False), "set": ("test set", 0, False),
+           "form": ("budget", 0, False), "target": ("t", 2, False), "tau": ("τ", 0, False),
+           "gate_probability": ("mean p at end", 3, False), "open_fraction": ("open fraction", 3, False),
+           "open_keys": ("open keys", 2, False), "adapting_modules": ("adapting", 1, False),
+           "activity_rho": ("ρ activity", 2, True), "psnr_mean": ("PSNR", 3, False), "psnr_std": ("± std", 3, False),
+           "n_seeds": ("n", 0, False), "vs_backbone": ("Δ backbone", 3, True), "vs_backbone_se": ("± SE", 3, False),
+           "cla_point": ("CLA match", 0, False), "vs_cla": ("Δ CLA", 3, True), "vs_cla_se": ("± SE", 3, False),
+           "gates_moving": ("moving", 0, False)}
+NOTE = ("One row per ACLA point, training length and test set. Budget: the key budget's form "
+        "([docs/method.md](../../../docs/method.md#key-budget-forms)); t its target; τ the gate temperature's schedule; "
+        "mean p at end: the ACLA modules' mean gate probability on the last training batch (what the target pulls "
+        "toward t); open fraction: the share of each module's keys a query keeps open at inference (mean over modules "
+        "and seeds); adapting: modules whose open-key count varies across queries (of 4); ρ activity: Spearman "
+        "correlation of a query's open keys with the input's local activity (first seed, first key image; empty where "
+        "no module varies); Δ: PSNR minus the backbone's, and minus CLA's with the fewest fixed keys at or above the "
+        "point's open keys (CLA match), ± the standard error of independent seeds; moving: gates still changing at the "
+        "end of training.\n\n")
+
+
+def key_budget_sentence(table: pd.DataFrame) -> str:
+    """The answer in words, at the longest training of each non-linear point, on the last test set: where its gates
+    settled, whether they adapt, and what it buys against the backbone and CLA at equal keys."""
+    if table.empty or set(table.form) <= {"linear"}:
+        return ""
+    last = table[(table.iterations == table.iterations.max()) & (table.set == table.set.iloc[-1])]
+    parts = []
+    for row in last.itertuples():
+        cla = (f", {row.vs_cla:+.3f} ± {row.vs_cla_se:.3f} dB against {variant_label(row.cla_point)}"
+               if row.cla_point else "")
+        settled = "" if pd.isna(row.gate_probability) else f"mean p {row.gate_probability:.2f}, "
+        parts.append(f"{variant_label(row.point)} (τ {row.tau}): {settled}{100 * row.open_fraction:.0f} % of keys open, "
+                     f"{row.adapting_modules:.1f}/{row.modules} modules adapting, {row.vs_backbone:+.3f} ± "
+                     f"{row.vs_backbone_se:.3f} dB against the backbone{cla}")
+    return (f"Key-budget forms at {int(last.iterations.iloc[0]):,} iterations on {last.set.iloc[0]}: "
+            + "; ".join(parts) + ".\n")

@@ -509,3 +509,48 @@ def visual_crops(setting_dir: Path, path: Path) -> Path | None:
         axis.set(title=name.replace("_", " "), xticks=[], yticks=[])
     figure.suptitle(f"{setting_dir.name}: {crops[0][1].stem}")
     return _save(figure, path)
+
+
+def key_budget_payoff(frontier: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path | None:
+    """Does adaptivity pay? Per training length and test set, PSNR minus the backbone's (± 1 standard error of
+    independent seeds) against the keys a query attends to: CLA at each K (line) and ACLA under each key budget, the
+    linear form grey, the target form coloured by its target t (filled: τ annealed, hollow: τ fixed at 1). A point
+    above the CLA line at its keys beats fixed keys."""
+    if table.empty or set(table.form) <= {"linear"}:
+        return None
+    panels = [(key, points) for key, points in table.groupby(["iterations", "set"], sort=False)
+              if points.vs_backbone.notna().any()]  # a length without its backbone has no difference to draw
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 2.8, 3.8), squeeze=False,
+                                constrained_layout=True)
+    targets = sorted(t for t in table.target.dropna().unique())
+    colors = dict(zip(targets, sns.color_palette("viridis", len(targets))))
+    handles: dict[str, object] = {}
+    for axis, ((iterations, set_name), points) in zip(axes[0], panels):
+        panel = frontier[(frontier.iterations == iterations) & (frontier.set == set_name)]
+        backbone = panel[panel.attention == "none"]
+        axis.axhline(0, color="black", linewidth=0.8)
+        cla = panel[panel.attention == "cla"].sort_values("keys_per_query")
+        if len(cla) and len(backbone):
+            base = backbone.iloc[0]
+            se = np.sqrt(cla.psnr_std ** 2 / cla.n_seeds + base.psnr_std ** 2 / base.n_seeds)
+            handles["CLA, K = " + ", ".join(str(int(k)) for k in cla.num_keys)] = axis.errorbar(
+                cla.keys_per_query, cla.psnr_mean - base.psnr_mean, yerr=se.fillna(0), marker="s", color="tab:blue",
+                capsize=3)
+        for row in points.itertuples():
+            linear = row.form == "linear"
+            color = "0.45" if linear else colors[row.target]
+            label = f"ACLA, {row.form} budget" if linear else f"ACLA, target t = {row.target:g}"
+            handle = axis.errorbar([row.open_keys], [row.vs_backbone], yerr=[0 if pd.isna(row.vs_backbone_se)
+                                                                              else row.vs_backbone_se],
+                                   marker="X" if linear else "o", color=color, capsize=3, linestyle="none",
+                                   markerfacecolor="none" if row.tau != "1 → 0.1" else color)
+            handles.setdefault(label, handle)
+        axis.set(xscale="log", title=f"{set_name}, {int(iterations):,} iterations", xlabel="keys per query (open)")
+    axes[0][0].set_ylabel("PSNR − backbone (dB)")
+    axes[0][-1].legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       fontsize=8, frameon=False)
+    figure.suptitle("Does adaptivity pay? ACLA under each key budget against CLA's fixed keys (± 1 SE over seeds; "
+                    "hollow: τ fixed at 1)", fontsize=10)
+    return _save(figure, path)

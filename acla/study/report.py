@@ -47,6 +47,9 @@ from acla.study.tables import (
     training_length,
     variant_label,
 )
+from acla.study.budget import COLUMNS as BUDGET_COLUMNS
+from acla.study.budget import NOTE as BUDGET_NOTE
+from acla.study.budget import key_budget_sentence, key_budget_table
 from acla.study.verdict import (
     CLAIMS,
     PIPELINE_CHECKS,
@@ -565,6 +568,17 @@ def render_study(study: Path, tables: Path, figures: Path, section: Path, paper_
                                                                                figures / f"frontier_{name}.png")
             links += f"; frontier: [`{name}_frontier.md`]({link(tables / f'{name}_frontier.md')})"
             parts.append(frontier_sentence(frontier))
+            budgets = key_budget_table(task_dir)
+            if len(budgets) and set(budgets.form) - {"linear"}:
+                atomic_write_text(tables / f"{name}_key_budget.csv", budgets.to_csv(index=False, float_format="%.6f"))
+                atomic_write_text(tables / f"{name}_key_budget.md", f"# {name}: the key budget's forms (profile "
+                                  f"`{study.name}`)\n\n" + BUDGET_NOTE
+                                  + markdown(budgets.assign(point=budgets.point.map(variant_label),
+                                                            cla_point=budgets.cla_point.map(variant_label)), BUDGET_COLUMNS))
+                drawn[f"does adaptivity pay {name}"] = draw.key_budget_payoff(frontier, budgets,
+                                                                              figures / f"key_budget_{name}.png")
+                links += f"; key budget: [`{name}_key_budget.md`]({link(tables / f'{name}_key_budget.md')})"
+                parts.append(key_budget_sentence(budgets))
             length = training_length(task_dir)
             if len(length):
                 atomic_write_text(tables / f"{name}_training_length.csv", length.to_csv(index=False, float_format="%.6f"))
@@ -639,6 +653,9 @@ PROFILE_NOTES = {
     "cpu": "every task on whole benchmark images, and a placement ablation",
     "cpu-long": "SR x2 against training length: backbone, ACLA and a remedy at each budget",
     "cpu-gates": "SR x2: accuracy against keys per query at several λk and K, and remedies",
+    "cpu-budget": "SR x2: the key budget's forms (linear, target) against CLA at equal keys, 600 it",
+    "cpu-budget-long": "SR x2: the key budget's forms (linear, target) against CLA at equal keys, 2,400 it",
+    "cpu-jpeg-long": "JPEG q10 at 2,400 it: do its gates settle adaptive, under the linear and the target budget",
     "gpu-check": "that the models learn and run on a GPU: one seed each, and timings",
     "smoke": "a pipeline check, not a result: tiny networks trained seconds each on the bundled images; at 250 "
              "iterations the same code and seeds gave SR x2 Δ(ACLA − backbone) +0.06 dB on one CPU and −0.83 dB on "

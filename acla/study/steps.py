@@ -3,12 +3,12 @@
 ``TaskStudy`` holds one task of ``params.yaml`` (``sr``, ``denoise``, ``demosaic`` or ``jpeg``) resolved
 for a profile, and runs its steps over every setting of that task (``sr_x2``, ``sr_x3``, ...):
 
-- ``search``     insertion search, then the derived ``arch.json`` (spec section 4);
+- ``search``     insertion search, then the derived ``arch.json`` (docs/method.md#s9);
 - ``retrain``    the headline pair at one training budget: the backbone and +ACLA at the searched places;
 - ``evaluate``   both, and the classical rows, on the test sets; what ACLA's gates and offsets did;
-- ``ablate``     the variants of spec section 5 at the same budget (modules, K, insertion);
+- ``ablate``     the variants of docs/method.md#variants at the same budget (modules, K, insertion);
 - ``efficiency`` parameters, FLOPs, peak memory and latency of every variant.
-- ``frontier``   accuracy against keys per query: ACLA at several lambda_k, CLA at several K (issue #28).
+- ``frontier``   accuracy against keys per query: ACLA at several lambda_k, CLA at several K and the key budget's forms.
 
 Outputs that the report reads are small CSV/JSON files under ``reports/study/<profile>/<task>/<step>/``;
 checkpoints go to ``runs/<profile>/<task>/<step>/<setting>/<variant>/seed<k>/`` and training resumes from them
@@ -52,7 +52,7 @@ def write_csv(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def variant_specs(task: TaskConfig, setting: str, searched: ModelSpec) -> dict[str, ModelSpec]:
-    """Every variant of spec section 5 for one setting, by label; ``searched`` is the derived ACLA model.
+    """Every variant of docs/method.md#variants for one setting, by label; ``searched`` is the derived ACLA model.
 
     All share the backbone; the modules, K and insertion variants change one thing each relative to
     ``acla`` (the searched locations). ``random`` draws as many locations as the search kept.
@@ -106,8 +106,8 @@ def frontier_overrides(task: TaskConfig) -> dict[str, dict]:
 
 
 def budget_form(spec: ModelSpec, train_config) -> dict:
-    """The key budget's columns (S8): its form (``linear``, the spec's, or ``target``) and the target t of the target
-    form; empty for the models without gates."""
+    """The key budget's columns (S8): its form (``linear``, the recipe's, ``target`` or ``lagrangian``) and the target
+    t of the other forms; empty for the models without gates."""
     if spec.attention != "acla":
         return {"key_budget": "", "budget_target": np.nan}
     target = train_config.budget_target if train_config.key_budget != "linear" else np.nan
@@ -215,7 +215,7 @@ class TaskStudy:
         its dvclive curves. ``iterations`` > 0 replaces the training budget (a whole schedule of that length).
         ``specs_of(setting)``: the label -> spec mapping to take the labels from (default: ``variants``);
         ``overrides``: label -> ``TrainConfig`` fields that label's runs change (the columns record every departure
-        from the spec's recipe)."""
+        from the recipe, docs/method.md#recipe)."""
         (self.runs / step).mkdir(parents=True, exist_ok=True)  # a DVC output, even when no variant is trained here
         rows, curves = [], []
         for setting in self.settings:
@@ -316,7 +316,7 @@ class TaskStudy:
         return write_csv(frame, self.reports / "ablation" / "budget.csv")
 
     def frontier(self) -> pd.DataFrame:
-        """The accuracy-against-keys frontier (``frontier`` section; issue #28): every point of ``frontier_specs``,
+        """The accuracy-against-keys frontier (``frontier`` section): every point of ``frontier_specs``,
         every seed of ``frontier.seeds``, a whole schedule per budget of ``frontier.budgets`` (``frontier/runs.csv``,
         ``frontier/curves.csv`` with the gate diagnostics while training), then ``score_frontier`` and
         ``frontier_keys``."""

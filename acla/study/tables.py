@@ -388,7 +388,7 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
     the modules) and
     the inference GFLOPs with closed keys skipped; ``gates_moving`` says whether an ACLA point's open keys still
     changed over the last two validations of its training (then its point is a transient, not a converged one);
-    ``departures`` names the gate options of a remedy that depart from the spec's recipe (empty: the recipe)."""
+    ``departures`` names the gate options of a remedy that depart from the recipe (docs/method.md#recipe) (empty: the recipe)."""
     path = task_dir / "frontier" / "frontier.csv"
     if not path.is_file():
         return pd.DataFrame()
@@ -415,7 +415,7 @@ def frontier_table(task_dir: Path) -> pd.DataFrame:
 
 
 def training_length(task_dir: Path) -> pd.DataFrame:
-    """Accuracy against training length (issue #29), from a frontier trained at several budgets (whole schedules):
+    """Accuracy against training length, from a frontier trained at several budgets (whole schedules):
     per setting, test set, budget and point trained at more than one budget, its PSNR (mean ± std over seeds) and
     its difference from the backbone at the same budget with the standard error of independent seeds,
     sqrt(s_a²/n_a + s_b²/n_b). Empty unless the backbone was trained at two budgets or more."""

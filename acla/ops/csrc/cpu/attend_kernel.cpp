@@ -1,4 +1,4 @@
-// CLA and ACLA with predicted logits on CPU, (S1)-(S7) of shared/paper/spec.md in one walk per query: the gates,
+// CLA and ACLA with predicted logits on CPU, (S1)-(S7) of docs/method.md in one walk per query: the gates,
 // the softmax over the open keys and the bilinear sum of the open keys only, forward and backward; and ACLA's
 // inference walk, which projects the open keys' offsets and logits alone.
 #include "../ops.h"
