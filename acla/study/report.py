@@ -479,7 +479,7 @@ def scale_words(scale: dict) -> str:
     """``training_scale`` in words: "tiny EDSR (8x32), 300–2,400 it on T91, Train400"."""
     if not scale.get("iterations"):
         return ""
-    return f"{', '.join(scale['backbones'])}, {_span(scale['iterations'], ' it')} on {', '.join(scale['train_sets'])}"
+    return f"{', '.join(scale['backbones'])}, {_span(scale['iterations'], ' iterations')} on {', '.join(scale['train_sets'])}"
 
 
 def seeds_words(scale: dict) -> str:
@@ -664,7 +664,7 @@ PROFILE_NOTES = {
 }
 
 
-def summary_lines(columns: dict[str, dict], paper: str) -> list[str]:
+def summary_lines(columns: dict[str, dict], paper: str, paper_iterations: int = 0) -> list[str]:
     """The front page's first screen: what was replicated and at what scale against the paper's, then per claim the
     word of each column (``columns``: name -> claims, comparisons, summary) and the number that carries the most
     decisive one."""
@@ -685,8 +685,9 @@ def summary_lines(columns: dict[str, dict], paper: str) -> list[str]:
         words: dict[str, list[str]] = {}
         rows = {}
         for name, column in columns.items():
-            row = column["claims"].set_index("claim_id").loc[claim_id]
-            if row.word != "not measured":
+            table = column["claims"].set_index("claim_id")
+            row = table.loc[claim_id] if claim_id in table.index else None  # a claims.csv older than the claim
+            if row is not None and row.word != "not measured":
                 words.setdefault(row.word, []).append(name)
                 rows[name] = row
         if not rows:  # a claim no profile measured (a key-budget form never trained): no line
@@ -695,9 +696,23 @@ def summary_lines(columns: dict[str, dict], paper: str) -> list[str]:
         carrier = next(name for name in rows if rows[name].word == ranked[0])
         row = rows[carrier]
         number = f"ACLA − backbone on {row.on}: {row.number}" if claim_id in TASKS else row.carried_by
-        lines.append(f"- {claim.statement}: " + "; ".join(f"**{w}** in {', '.join(words[w])}" for w in ranked)
-                     + f" ({number}, {carrier}).")
+        groups = [f"**{w}** in " + ", ".join(f"{name} ({number})" if name == carrier else name for name in words[w])
+                  for w in ranked]  # the number sits beside the profile it was measured in
+        lines.append(f"- {claim.statement}: " + "; ".join(groups) + ".")
+    lines.append(f"- What could change the answer: {change_words(columns, paper_iterations)}")
     return lines
+
+
+def change_words(columns: dict[str, dict], paper_iterations: int) -> str:
+    """The front page's "what would change the answer", from the scales and the key-budget forms measured."""
+    longest = max((n for c in columns.values() for n in c["summary"].get("scale", {}).get("iterations", [])), default=0)
+    forms = [claim.name.split(", ")[1] for claim_id, claim in CLAIMS.items() if claim_id.startswith("adaptive")
+             and any(c["claims"].set_index("claim_id").word.get(claim_id, "not measured") != "not measured"
+                     for c in columns.values())]
+    ratio = f" ({paper_iterations / longest:,.0f} times our longest run)" if longest and paper_iterations else ""
+    return (f"training at the paper's scale{ratio}, with a larger network and more data; and for the gates, the form "
+            f"of the key budget ([method]({METHOD}#key-budget-forms)): measured here with the "
+            f"{', '.join(forms) or 'linear budget'}. Differences are ± one standard error over seeds.")
 
 
 def front_columns(reports: Path, present: list[str]) -> dict[str, dict]:
@@ -737,26 +752,28 @@ def claim_deltas(columns: dict[str, dict]) -> pd.DataFrame:
 def evidence_markdown(name: str, column: dict, reports: Path) -> str:
     """One column's evidence on the front page: what it is, its claims with every comparison, its figure."""
     page = Path(os.path.relpath(column["page"], reports)).as_posix()
-    lines = [f"### {name}\n", f"All its tables and figures: [{page}]({page}).\n"]
+    lines = [f"### {name}\n", f"Every comparison, table and figure: [{page}]({page}).\n"]
     backbones = column["summary"].get("scale", {}).get("backbones", [])
     for row in column["claims"].to_dict(orient="records"):
         where = row["scale"].removeprefix(f"{backbones[0]}, ") if len(backbones) == 1 else row["scale"]  # in the table
         if row["word"] != "not measured":
             lines.append(f"- **{CLAIMS[row['claim_id']].name}**: {row['word']} ({row['for']} for, {row['against']} "
-                         f"against of {row['comparisons']}). {row['evidence']}" + (f". At {where}." if where else "."))
+                         f"against of {row['comparisons']}); it turns on {row['carried_by']}"
+                         + (f". At {where}." if where else "."))  # every comparison: the profile's page
     shown = column["summary"].get("front_figure")
     if shown:
         lines += ["", figure_markdown(shown["title"], shown["path"], resource_table("figure_notes.csv"))]
     return "\n".join(lines) + "\n"
 
 
-def paper_scale(params: Path) -> str:
-    """The paper's SR training as params.yaml's ``paper`` profile sets it (from the authors' code)."""
+def paper_scale(params: Path) -> tuple[str, int]:
+    """The paper's SR training as params.yaml's ``paper`` profile sets it (from the authors' code), in words, and its
+    iterations."""
     if not params.is_file():
-        return ""
+        return "", 0
     task = load_study(params, "paper").tasks["sr"]
-    return (f"{BACKBONE_NAMES.get(task.model.backbone, task.model.backbone)}, {task.train.iterations:,} it on "
-            f"{', '.join(task.train.train_sets)}, as its authors' code sets it")
+    return (f"{BACKBONE_NAMES.get(task.model.backbone, task.model.backbone)}, {task.train.iterations:,} iterations on "
+            f"{', '.join(task.train.train_sets)}, as its authors' code sets it", task.train.iterations)
 
 
 def render_front_page(reports: Path, params: Path | None = None) -> Path:
@@ -770,7 +787,7 @@ def render_front_page(reports: Path, params: Path | None = None) -> Path:
     figure = draw.claim_deltas(claim_deltas(columns), reports / "figures" / "summary_delta.png") if columns else None
     lines = ["# ACLA replication: does adaptive cross-layer attention help image restoration?\n"]
     if columns:
-        lines += summary_lines(columns, paper_scale(params or reports.parent / "params.yaml")) + [""]
+        lines += summary_lines(columns, *paper_scale(params or reports.parent / "params.yaml")) + [""]
         if figure:
             lines.append(figure_markdown("claims: ACLA − backbone per task and test set",
                                          Path(os.path.relpath(figure, reports)).as_posix(),
