@@ -750,19 +750,19 @@ def claim_deltas(columns: dict[str, dict]) -> pd.DataFrame:
 
 
 def evidence_markdown(name: str, column: dict, reports: Path) -> str:
-    """One column's evidence on the front page: what it is, its claims with every comparison, its figure."""
+    """One column's evidence on the front page: its claims, each with the comparison that carries its word (every
+    comparison, its scale and its figures are on the profile's page, linked), and the key budget's figure where the
+    profile drew one (the adaptivity question's answer)."""
     page = Path(os.path.relpath(column["page"], reports)).as_posix()
     lines = [f"### {name}\n", f"Every comparison, table and figure: [{page}]({page}).\n"]
-    backbones = column["summary"].get("scale", {}).get("backbones", [])
     for row in column["claims"].to_dict(orient="records"):
-        where = row["scale"].removeprefix(f"{backbones[0]}, ") if len(backbones) == 1 else row["scale"]  # in the table
         if row["word"] != "not measured":
             lines.append(f"- **{CLAIMS[row['claim_id']].name}**: {row['word']} ({row['for']} for, {row['against']} "
-                         f"against of {row['comparisons']}); it turns on {row['carried_by']}"
-                         + (f". At {where}." if where else "."))  # every comparison: the profile's page
-    shown = column["summary"].get("front_figure")
-    if shown:
-        lines += ["", figure_markdown(shown["title"], shown["path"], resource_table("figure_notes.csv"))]
+                         f"against of {row['comparisons']}); it turns on {row['carried_by']}.")
+    for title, path in column["summary"].get("figures", {}).items():
+        if title.startswith("does adaptivity pay"):
+            lines += ["", figure_markdown(title, Path(os.path.relpath(path, reports)).as_posix(),
+                                          resource_table("figure_notes.csv"))]
     return "\n".join(lines) + "\n"
 
 
@@ -802,8 +802,11 @@ def render_front_page(reports: Path, params: Path | None = None) -> Path:
         lines += [evidence_markdown(name, column, reports) for name, column in columns.items()]
         lines += ["## Rules\n", RULE + "\n"]
         tests = {}
-        for claim in CLAIMS.values():
-            tests.setdefault(claim.test, []).append(claim.name)
+        measured = {c_id for c in columns.values() for c_id, w in zip(c["claims"].claim_id, c["claims"].word)
+                    if w != "not measured"}
+        for claim_id, claim in CLAIMS.items():
+            if claim_id in measured:
+                tests.setdefault(claim.test, []).append(claim.name)
         lines += [f"- {', '.join(names)}: {test}" for test, names in tests.items()]
         lines += ["", "The pipeline writes every page here (`dvc repro`) from the CSV and JSON under `study/`; no "
                   "number is typed by hand.\n"]
