@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -673,7 +674,9 @@ def summary_lines(columns: dict[str, dict], paper: str, paper_iterations: int = 
     if cpu:
         merged = {key: sorted({v for s in cpu for v in s[key]}) for key in ("backbones", "iterations", "train_sets")}
         spans = sorted({n for s in cpu for span in s["seeds"].values() for n in span})
-        devices = sorted({c["summary"]["device"] for c in columns.values() if c["summary"].get("scale")})
+        devices = sorted({name.strip() for c in columns.values() if c["summary"].get("scale")
+                          for name in re.sub(r"cpu: |\(R\)|, \d+ threads?", "", c["summary"]["device"]).split(",")})
+        devices = [f"{', '.join(devices)} CPUs"]  # the machines, not their threads
         ours.append(f"{scale_words(merged)}, {_span(spans)} seeds, on {', '.join(devices)}")
     ours += [f"{c['summary']['training']} (one seed) on {c['summary']['device']}" for c in columns.values()
              if "scale" not in c["summary"] and c["summary"]["training"]]
@@ -757,8 +760,7 @@ def evidence_markdown(name: str, column: dict, reports: Path) -> str:
     lines = [f"### {name}\n", f"Every comparison, table and figure: [{page}]({page}).\n"]
     for row in column["claims"].to_dict(orient="records"):
         if row["word"] != "not measured":
-            lines.append(f"- **{CLAIMS[row['claim_id']].name}**: {row['word']} ({row['for']} for, {row['against']} "
-                         f"against of {row['comparisons']}); it turns on {row['carried_by']}.")
+            lines.append(f"- **{CLAIMS[row['claim_id']].name}**: {row['word']}, on {row['carried_by']}.")
     for title, path in column["summary"].get("figures", {}).items():
         if title.startswith("does adaptivity pay"):
             lines += ["", figure_markdown(title, Path(os.path.relpath(path, reports)).as_posix(),
@@ -812,9 +814,11 @@ def render_front_page(reports: Path, params: Path | None = None) -> Path:
                   "number is typed by hand.\n"]
     else:
         lines.append("No result profile has been rendered yet: see [pipeline checks](pipeline-checks.md).\n")
+    body = "\n".join(lines)
     lines += ["## Glossary\n", *(f"- **{r.term}**: {r.meaning}"
                                  + (f" ([method]({METHOD}#{r.anchor}))" if r.anchor else "")
-                                 for r in resource_table("glossary.csv").itertuples())]
+                                 for r in resource_table("glossary.csv").itertuples()
+                                 if any(term.strip() in body for term in r.term.split(","))) ]  # the page's terms only
     path = reports / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     render_pipeline_checks(reports, [p for p in present if p in PIPELINE_CHECKS])

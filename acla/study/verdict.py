@@ -116,7 +116,7 @@ def carrying(comparisons: list[Comparison]) -> Comparison | None:
     if side is not None:
         return max((c for c in comparisons if c.side == side), key=lambda c: side * c.difference - c.noise)
     measured = [c for c in comparisons if not math.isnan(c.difference)]
-    return max(measured, key=lambda c: abs(c.difference)) if measured else None
+    return max(measured, key=lambda c: abs(c.difference)) if measured else comparisons[0] if comparisons else None
 
 
 def psnr_comparison(a_mean: float, a_std: float, a_n: int, b_mean: float, b_std: float, b_n: int,
@@ -217,7 +217,7 @@ def pays_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
                 continue
             text = (f"{variant_label(row.point)} − {variant_label(row.cla_point)} at {row.iterations} it, {row.set}: "
                     f"{row.vs_cla:+.3f} ± {row.vs_cla_se:.3f} dB with {row.open_keys:.1f} against {row.cla_keys:.1f} "
-                    "keys per query")
+                    "keys per query" + (" (gates still moving)" if row.gates_moving == "yes" else ""))
             verdict = pays(row)
             # a tie within 2 SE with fewer keys counts for the claim: its noise band is then -inf (always for)
             noise = math.inf if verdict is None else -math.inf if verdict and abs(row.vs_cla) <= 2 * row.vs_cla_se \
