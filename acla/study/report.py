@@ -677,7 +677,8 @@ def summary_lines(columns: dict[str, dict], paper: str, paper_iterations: int = 
         devices = sorted({name.strip() for c in columns.values() if c["summary"].get("scale")
                           for name in re.sub(r"cpu: |\(R\)|, \d+ threads?", "", c["summary"]["device"]).split(",")})
         devices = [f"{', '.join(devices)} CPUs"]  # the machines, not their threads
-        ours.append(f"{scale_words(merged)}, {_span(spans)} seeds, on {', '.join(devices)}")
+        words = scale_words(merged).replace("(8x32)", "(8 blocks x 32 channels)")  # spelt out on the first screen
+        ours.append(f"{words}, {_span(spans)} seeds, on {', '.join(devices)}")
     ours += [f"{c['summary']['training']} (one seed) on {c['summary']['device']}" for c in columns.values()
              if "scale" not in c["summary"] and c["summary"]["training"]]
     lines = ["We re-implemented ACLA ([arXiv 2203.03619](https://arxiv.org/abs/2203.03619)): attention from a layer to "

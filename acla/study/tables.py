@@ -40,7 +40,7 @@ def compare(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
 
 PAPER_KEY = ["setting", "method", "set"]
 
-BACKBONE_NAMES = {"tiny": "tiny EDSR (8 blocks x 32 channels)", "edsr-baseline": "EDSR-baseline", "edsr": "EDSR"}
+BACKBONE_NAMES = {"tiny": "tiny EDSR (8x32)", "edsr-baseline": "EDSR-baseline", "edsr": "EDSR"}
 
 
 def _normalise(text: str) -> str:
