@@ -1,7 +1,8 @@
 """Shared fixtures. Tests that need the benchmark images take ``data_root``.
 
 Without ``$ACLA_DATA`` they are skipped with a reason; CI sets ``ACLA_REQUIRE_DATA=1`` so that a
-missing data root fails the run instead of hiding behind skips.
+missing data root fails the run instead of hiding behind skips. Tests of the C++ kernel call
+``skip_without_kernel()`` the same way, with ``ACLA_REQUIRE_KERNEL=1``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ def data_root() -> Path:
             pytest.fail(f"ACLA_REQUIRE_DATA=1 but ACLA_DATA={value!r} holds no MANIFEST.csv")
         pytest.skip("needs the benchmark images: set ACLA_DATA to a data root (e.g. ../shared/data)")
     return Path(value)
+
+
+def skip_without_kernel() -> None:
+    """Skip where the C++ kernel cannot be built (no compiler), or fail where CI requires it."""
+    from acla.ops import extension
+
+    if extension.load() is None:
+        if os.environ.get("ACLA_REQUIRE_KERNEL") == "1":
+            pytest.fail("ACLA_REQUIRE_KERNEL=1 but the C++ kernel cannot be built here")
+        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
 
 
 @pytest.fixture(scope="session")

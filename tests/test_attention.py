@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import skip_without_kernel
+
 from acla.engine.efficiency import count_flops
 from acla.models import attention, build_attention, build_model
 from acla.models.attention import KEY_BUDGET_FORMS, SampledCrossLayerAttention, key_grid
@@ -250,8 +252,8 @@ def gather(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     """The fast path's gather: the C++ kernel (skipped where it cannot be built) or its pure-torch fallback."""
     if request.param == "torch":
         monkeypatch.setattr(extension, "load", lambda: None)
-    elif extension.load() is None:
-        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    else:
+        skip_without_kernel()
     return request.param
 
 
@@ -379,8 +381,7 @@ def test_closed_keys_are_never_read(gather: str) -> None:
 
 def test_the_kernel_op_passes_opcheck() -> None:
     # schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op
-    if extension.load() is None:
-        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    skip_without_kernel()
     generator = torch.Generator().manual_seed(16)
     positions = (torch.rand(1, 3, 4, 2, 4, 2, generator=generator, dtype=torch.float64) * 5 - 1).requires_grad_()
     weights = torch.rand(1, 3, 4, 2, 4, generator=generator, dtype=torch.float64).requires_grad_()
@@ -409,8 +410,7 @@ def test_the_kernels_key_budget_gradient_is_torchs_bit_for_bit(relaxed: bool) ->
     # The fused walk's backward writes the gate scores' gradient itself, in the order torch's mean and sigmoid
     # backward round (no fused multiply-add): float32 training then matches the torch graph it replaced exactly. With
     # the sums' gradient zero, the relaxed gates' part is zero and the key budget's is left.
-    if extension.load() is None:
-        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    skip_without_kernel()
     generator = torch.Generator().manual_seed(19)
     keys = 2 * 9
     maps_ = [torch.randn(2, 5, 6, 16, generator=generator) for _ in range(2)]
@@ -434,8 +434,8 @@ def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals(
         kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # The trainer sets a new tau every iteration: the compiled step must take it as an input, not as a constant.
     # kernel: the CPU fused walk; otherwise the fast path's torch ops (CUDA, and machines without a compiler).
-    if kernel and extension.load() is None:
-        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    if kernel:
+        skip_without_kernel()
     if not kernel:
         monkeypatch.setattr(extension, "load", lambda: None)
     from torch._dynamo.utils import counters, guard_failures
@@ -476,8 +476,7 @@ def test_compiled_acla_training_does_not_recompile_as_the_temperature_anneals(
 
 
 def test_compiled_acla_inference_keeps_the_fused_walk_and_its_numbers() -> None:
-    if extension.load() is None:
-        pytest.skip("the C++ gather kernel cannot be built here (no compiler)")
+    skip_without_kernel()
     module = randomise(build_attention("acla", 16, 2, num_keys=9, gate_bias=0.0), 17).eval()
     query, *refs = (t.float() for t in maps(1, 16, 6, 7, count=3, seed=18))
     with torch.no_grad():
