@@ -403,7 +403,7 @@ def test_the_front_page_answers_first_and_ends_with_its_rules_and_glossary(tmp_p
     text = render_front_page(tmp_path, ROOT / "params.yaml").read_text()
     first_screen = "\n".join(text.splitlines()[:12])
     paper = load_study(ROOT / "params.yaml", "paper").tasks["sr"].train.iterations
-    assert "tiny EDSR (8x32), 600 iterations on T91" in first_screen and f"{paper:,} iterations" in first_screen
+    assert "tiny EDSR (8 blocks x 32 channels), 600 iterations on T91" in first_screen and f"{paper:,} iterations" in first_screen
     measured = [claim for claim_id, claim in CLAIMS.items() if claim_id in found]
     assert all(claim.statement in first_screen for claim in measured)  # a word per claim some profile measured
     assert not any(claim.statement in text for claim_id, claim in CLAIMS.items() if claim_id not in found)
