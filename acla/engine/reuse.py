@@ -37,6 +37,16 @@ def finished_twin(runs_root: Path, spec: ModelSpec, config: Config, out_dir: Pat
     return None
 
 
+def finished_here(spec: ModelSpec, config: Config, out_dir: Path) -> bool:
+    """``out_dir`` holds a finished run of this model, config and training code (resuming it trains nothing)."""
+    out_dir = Path(out_dir)
+    try:
+        return (out_dir / "last.pt").is_file() and json.loads((out_dir / FINISHED).read_text()) == \
+            finished_record(spec, config)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def reuse_finished_run(runs_root: Path, spec: ModelSpec, config: Config, out_dir: Path) -> Path | None:
     """Copy a finished twin (``finished_twin``) into ``out_dir`` when ``out_dir`` holds no checkpoint of its own;
     the twin's folder, or None when nothing was copied. The copy lands whole or not at all."""

@@ -24,7 +24,8 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ from acla.data import open_set
 from acla.data.sets import resolve_data_root
 from acla.engine.efficiency import closed_key_flops, inference_flops
 from acla.engine.gates import OpenKeyTally, adaptive, gated_modules, sampled_modules
-from acla.engine.reuse import reuse_finished_run
+from acla.engine.launch import Run, launcher_from_environment, run_all
+from acla.engine.reuse import finished_here, finished_twin, reuse_finished_run
 from acla.engine.train import Distributed, ModelSpec, load_model, train, validate
 from acla.files import atomic_write_text, slug
 from acla.models.backbones import BACKBONES, insertion_locations
@@ -144,6 +146,7 @@ class TaskStudy:
     runs: Path  # runs/<task>
     data_root: Path | None
     progress: bool = True
+    places: dict[str, str] = field(default_factory=dict)  # run -> where it ran, since the last provenance saved
 
     @property
     def config(self) -> TaskConfig:
@@ -165,15 +168,17 @@ class TaskStudy:
             return self.skip("search")
         rows = []
         started = time.perf_counter()
-        for setting in self.settings:
-            start = time.perf_counter()
-            arch = search(setting, self.run_config(setting), self.reports / "search" / setting,
-                          data_root=self.data_root, progress=self.progress)
+        runs = [Run(f"search/{setting}", partial(timed, search, setting, self.run_config(setting),
+                                                   (self.reports / "search" / setting).resolve(),
+                                                   data_root=self.data_root, progress=self.progress))
+                for setting in self.settings]
+        results, places = run_all(runs, f"{self.study.profile}/{self.name}/search")
+        for setting, (arch, seconds) in zip(self.settings, results):
             rows.append({"setting": setting, "kept": " ".join(map(str, arch["insert"])) if arch["insert"] != "none"
                          else "none", "rule": arch["rule"], "params": arch["params"],
-                         "flops_at_patch": arch["flops_at_patch"], "seconds": time.perf_counter() - start,
+                         "flops_at_patch": arch["flops_at_patch"], "seconds": seconds,
                          **{f"sigmoid_alpha_block_{k}": v for k, v in arch["alpha_sigmoid"].items()}})
-        save_provenance(self, "search", time.perf_counter() - started)
+        save_provenance(self, "search", time.perf_counter() - started, places=places)
         return write_csv(pd.DataFrame(rows), self.reports / "search" / "summary.csv")
 
     def searched(self, setting: str) -> ModelSpec:
@@ -217,7 +222,7 @@ class TaskStudy:
         ``overrides``: label -> ``TrainConfig`` fields that label's runs change (the columns record every departure
         from the recipe, docs/method.md#recipe)."""
         (self.runs / step).mkdir(parents=True, exist_ok=True)  # a DVC output, even when no variant is trained here
-        rows, curves = [], []
+        rows, runs = [], []
         for setting in self.settings:
             specs = (specs_of or self.variants)(setting)
             config = self.run_config(setting)
@@ -238,18 +243,23 @@ class TaskStudy:
                            "departures": " ".join(f"{name}={value}" for name, value in departures.items()),
                            **budget_form(spec, trained.train)}
                 for seed in seeds:
-                    run_dir = self.run_dir(step, setting, label, seed)
+                    run_dir = self.run_dir(step, setting, label, seed).resolve()
                     seeded = replace(trained, train=replace(trained.train, seed=seed))
-                    start = time.perf_counter()
-                    twin = reuse_finished_run(self.runs_root, spec, seeded, run_dir)
-                    result = train(spec, seeded, run_dir, data_root=self.data_root, resume="auto",
-                                   progress=self.progress)
-                    rows.append({"setting": setting, "variant": label, "seed": seed, **columns,
-                                 "val_psnr": result.last_psnr, "val_ssim": result.last_ssim,
-                                 "seconds": time.perf_counter() - start,
-                                 "checkpoint": str(result.checkpoint.relative_to(self.runs)),
-                                 "reused_from": str(twin.relative_to(self.runs_root)) if twin else ""})
-                    curves.append(dvclive_curves(run_dir).assign(setting=setting, variant=label, seed=seed))
+                    runs.append(Run(f"{step}/{setting}/{slug(label)}/seed{seed}",
+                                    partial(train_run, self.runs_root.resolve(), spec, seeded, run_dir,
+                                            self.data_root, self.progress),
+                                    partial(ready, self.runs_root, spec, seeded, run_dir)))
+                    rows.append({"setting": setting, "variant": label, "seed": seed, **columns})
+        results, places = run_all(runs, f"{self.study.profile}/{self.name}/{step}")
+        self.places.update(places)
+        curves = []
+        for row, result in zip(rows, results):
+            twin = result.pop("twin")
+            row.update(result, checkpoint=str(result["checkpoint"].relative_to(self.runs.resolve())),
+                       reused_from=str(twin.relative_to(self.runs_root.resolve())) if twin else "")
+            run_dir = self.run_dir(step, row["setting"], row["variant"], row["seed"])
+            curves.append(dvclive_curves(run_dir).assign(setting=row["setting"], variant=row["variant"],
+                                                         seed=row["seed"]))
         return rows, curves
 
     def _train(self, step: str, labels: list[str], seeds: tuple[int, ...], iterations: int = 0) -> pd.DataFrame:
@@ -521,6 +531,28 @@ class TaskStudy:
         return write_csv(pd.DataFrame(rows), self.reports / "efficiency" / "efficiency.csv")
 
 
+def timed(work, *args, **kwargs) -> tuple:
+    """``work``'s result and its seconds."""
+    start = time.perf_counter()
+    return work(*args, **kwargs), time.perf_counter() - start
+
+
+def train_run(runs_root: Path, spec: ModelSpec, config, run_dir: Path, data_root: Path | None,
+              progress: bool) -> dict:
+    """One run of a training stage, wherever a launcher sends it (``acla.engine.launch``): copy a finished twin
+    or resume/train, then what the stage's row needs."""
+    start = time.perf_counter()
+    twin = reuse_finished_run(runs_root, spec, config, run_dir)
+    result = train(spec, config, run_dir, data_root=data_root, resume="auto", progress=progress)
+    return {"val_psnr": result.last_psnr, "val_ssim": result.last_ssim, "seconds": time.perf_counter() - start,
+            "checkpoint": Path(result.checkpoint).resolve(), "twin": twin.resolve() if twin else None}
+
+
+def ready(runs_root: Path, spec: ModelSpec, config, run_dir: Path) -> bool:
+    """The run finished before, here or in a twin: the stage's own process reads it back, nothing is submitted."""
+    return finished_here(spec, config, run_dir) or finished_twin(runs_root, spec, config, run_dir) is not None
+
+
 def classical_scores(setting: str, sets: list[str], data_root: Path | None, crop: int, seed: int,
                      verify: bool, out: Path | None = None, saved_crops: int = 0) -> list[dict]:
     """The classical methods of ``setting`` on exactly the images (and crops) the networks see; the
@@ -568,14 +600,18 @@ def _json_number(value: float) -> float | None:
 
 
 def save_provenance(task: TaskStudy, step: str, wall_seconds: float, folder: Path | None = None,
-                    skipped: bool | None = None) -> None:
+                    skipped: bool | None = None, places: dict[str, str] | None = None) -> None:
     """``<step>/provenance.json`` (or in ``folder``): what was run (profile, device, torch, commit, date, wall time,
-    data root, settings, training, seeds) and never a path of the machine; the report labels its rows with it.
-    ``skipped``: the step had nothing to do (default: the profile lists no setting for the task)."""
+    data root, settings, training, seeds, the launcher and where each run ran) and never a path of the machine; the
+    report labels its rows with it. ``skipped``: the step had nothing to do (default: the profile lists no setting
+    for the task). ``places``: run -> where it ran (default: the runs trained since the last provenance saved)."""
+    ran_on = dict(task.places if places is None else places)
+    task.places.clear()
     info = {"task": task.name, "step": step, "skipped": not task.settings if skipped is None else skipped,
             **run_record(task.study.profile, task.data_root, wall_seconds, task.device),
             "settings": list(task.settings), "seeds": list(task.seeds),
             "headline": list(task.config.headline.variants), "train": dataclasses.asdict(task.config.train),
-            "model": dataclasses.asdict(task.config.model), "search": dataclasses.asdict(task.config.search)}
+            "model": dataclasses.asdict(task.config.model), "search": dataclasses.asdict(task.config.search),
+            "launcher": launcher_from_environment().kind, "ran_on": ran_on}
     folder = task.reports / step if folder is None else Path(folder)
     atomic_write_text(folder / "provenance.json", json.dumps(info, indent=2, default=str) + "\n")
