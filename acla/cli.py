@@ -1,4 +1,4 @@
-"""``python -m acla search|train|evaluate|profile|restore|gpu-check``: the study's steps from a shell.
+"""``python -m acla search|train|evaluate|profile|restore|gpu-check|plan``: the study's steps from a shell.
 
 Every verb reads ``--config params.yaml`` (profile from the file, or ``--profile``) and a ``--task``
 name (sr_x2, sr_x3, sr_x4, denoise_color_s30, denoise_gray_s25, demosaic, jpeg_q20, ...). Errors
@@ -69,10 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     gpu_check_arguments(verbs.add_parser("gpu-check", help="correctness, speed and learning of this machine's torch "
                                          "(reports/gpu/<device>/)", description=gpu_check_doc,
                                          formatter_class=argparse.RawDescriptionHelpFormatter))
+    verbs.add_parser("plan", add_help=False, help="the runs of a profile's stages, their device-hours and wall time "
+                     "on N GPUs (python -m acla plan --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["plan"]:  # its own options: acla.study.plan
+        from acla.study.plan import main as plan
+
+        return plan((sys.argv[1:] if argv is None else argv)[1:])
     args = build_parser().parse_args(argv)
     from acla.engine.evaluate import Inference, evaluate, restore
     from acla.engine.search import search
