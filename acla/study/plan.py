@@ -165,8 +165,9 @@ def cpu_measures(reports: Path, params: Path) -> dict[tuple[str, str], Measured]
             rows = runs[(runs.variant == variant) & (runs.setting == setting)]
             if rows.empty:
                 continue
-            spec = ModelSpec(setting, rows.iloc[0].backbone, rows.iloc[0].attention,
-                             tuple(int(b) for b in str(rows.iloc[0].insert).split()) if variant != "backbone" else "none")
+            row = rows.iloc[0]
+            spec = ModelSpec(setting, task.model.backbone, row.attention,
+                             tuple(int(b) for b in str(row.insert).split()) if variant != "backbone" else "none")
             out[(name, kind)] = Measured(float((rows.seconds / rows.iterations).mean()), spec, config.batch_size,
                                          config.patch_size, f"cpu profile, {setting} {variant}")
     return out
@@ -185,6 +186,15 @@ def plan_table(runs: list[PlannedRun], measures: dict[tuple[str, str], Measured]
                      "hours": seconds * run.iterations / 3600, "step_time": "scaled" if scaled else "measured",
                      "measured_on": measured.source})
     return pd.DataFrame(rows)
+
+
+def projected_hours(params: Path, profile: str, reports: Path) -> float | None:
+    """The training hours that the plan projects for ``profile`` on one CPU like the ``cpu`` profile's (the front
+    page's profile table puts it beside the measured wall time); None where no CPU step time is measured."""
+    measures = cpu_measures(reports, params)
+    if not measures:
+        return None
+    return float(plan_table(planned_runs(load_study(params, profile)), measures).hours.sum())
 
 
 def wall_hours(table: pd.DataFrame, devices: int) -> float:

@@ -51,6 +51,7 @@ from acla.study.tables import (
 from acla.study.budget import COLUMNS as BUDGET_COLUMNS
 from acla.study.budget import NOTE as BUDGET_NOTE
 from acla.study.budget import key_budget_sentence, key_budget_table
+from acla.study.plan import projected_hours
 from acla.study.verdict import (
     CLAIMS,
     PIPELINE_CHECKS,
@@ -789,8 +790,9 @@ def render_front_page(reports: Path, params: Path | None = None) -> Path:
     columns = front_columns(reports, present)
     figure = draw.claim_deltas(claim_deltas(columns), reports / "figures" / "summary_delta.png") if columns else None
     lines = ["# ACLA replication: does adaptive cross-layer attention help image restoration?\n"]
+    params_file = params or reports.parent / "params.yaml"
     if columns:
-        lines += summary_lines(columns, *paper_scale(params or reports.parent / "params.yaml")) + [""]
+        lines += summary_lines(columns, *paper_scale(params_file)) + [""]
         if figure:
             lines.append(figure_markdown("claims: ACLA − backbone per task and test set",
                                          Path(os.path.relpath(figure, reports)).as_posix(),
@@ -801,7 +803,10 @@ def render_front_page(reports: Path, params: Path | None = None) -> Path:
                   "How a word follows from the comparisons: [rules](#rules); the terms: [glossary](#glossary). "
                   "Smoke and ci only check that the pipeline runs: [pipeline checks](pipeline-checks.md).\n",
                   "## Evidence per profile\n",
-                  profiles_table({name: c["summary"] for name, c in columns.items()}, PROFILE_COLUMNS), ""]
+                  profiles_table({name: c["summary"] for name, c in columns.items()}, PROFILE_COLUMNS,
+                                 projected=projected_minutes(params_file, reports, columns)),
+                  f"The projection counts training only (the wall time also holds search scoring, evaluation and "
+                  f"rendering), from the `cpu` profile's measured seconds per iteration scaled by FLOPs.\n"]
         lines += [evidence_markdown(name, column, reports) for name, column in columns.items()]
         lines += ["## Rules\n", RULE + "\n"]
         tests = {}
@@ -822,34 +827,47 @@ def render_front_page(reports: Path, params: Path | None = None) -> Path:
                                  if any(term.strip() in body for term in r.term.split(","))) ]  # the page's terms only
     path = reports / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    render_pipeline_checks(reports, [p for p in present if p in PIPELINE_CHECKS])
+    render_pipeline_checks(reports, [p for p in present if p in PIPELINE_CHECKS], params_file)
     return path
 
 
-PROFILE_COLUMNS = ("what it tests", "model, training", "seeds", "device", "wall time")
+PROJECTED = "training projected by `python -m acla plan`"
+PROFILE_COLUMNS = ("what it tests", "model, training", "seeds", "device", PROJECTED, "wall time")
 
 
-def profiles_table(summaries: dict[str, dict], columns: tuple[str, ...], page: str = "") -> str:
+def projected_minutes(params: Path, reports: Path, names) -> dict[str, str]:
+    """Per profile, the training time that ``acla.study.plan`` projects from the cpu profile's step times."""
+    out = {}
+    for name in names:
+        hours = projected_hours(params, name, reports) if name in PROFILES else None
+        out[name] = f"{hours * 60:.1f} min" if hours is not None else ""
+    return out
+
+
+def profiles_table(summaries: dict[str, dict], columns: tuple[str, ...], page: str = "",
+                   projected: dict[str, str] | None = None) -> str:
     """One row per profile (its ``summary.json``) with the named ``columns``; ``page`` (``{}`` for the profile) links
-    each name."""
+    each name; ``projected``: the plan's projection per profile (``projected_minutes``)."""
     lines = ["| profile | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, summary in summaries.items():
         values = {"what it tests": PROFILE_NOTES.get(name.split()[0], ""),
                   "model, training": summary.get("training", ""), "wall time": f"{summary['wall_seconds'] / 60:.1f} min",
+                  PROJECTED: (projected or {}).get(name, ""),
                   **{key: summary.get(key, "") for key in ("seeds", "device", "torch", "date", "commit")}}
         label = f"[`{name}`]({page.format(name)})" if page else name
         lines.append(f"| {label} | " + " | ".join(str(values[column]) for column in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
-def render_pipeline_checks(reports: Path, checks: list[str]) -> Path:
+def render_pipeline_checks(reports: Path, checks: list[str], params: Path) -> Path:
     """``reports/pipeline-checks.md``: the smoke and ci profiles, which check that every stage runs, with links to
     their pages; their numbers judge no claim."""
     summaries = {p: json.loads((reports / "tables" / p / "summary.json").read_text()) for p in checks}
     text = ("# Pipeline checks: the smoke and ci profiles\n\nThese profiles run every stage of the study on tiny inputs "
             "to show that the pipeline works; their numbers judge no claim of the paper (the [report](README.md) does, "
             "from the result profiles; terms in its [glossary](README.md#glossary)).\n\n"
-            + profiles_table(summaries, (*PROFILE_COLUMNS, "torch", "date", "commit"), "tables/{}/section.md"))
+            + profiles_table(summaries, (*PROFILE_COLUMNS, "torch", "date", "commit"), "tables/{}/section.md",
+                             projected_minutes(params, reports, summaries)))
     path = reports / "pipeline-checks.md"
     atomic_write_text(path, text)
     return path
