@@ -2,7 +2,7 @@
 
 Every run the stages would train (the same enumeration as ``acla.study.steps``: search per setting, the
 headline, the ablations and budget sweep, the frontier), each run's seconds per iteration, and from them the
-device-hours and the wall time on N devices.
+GPU-hours (CPU-hours with ``--device cpu``) and the wall time on N devices.
 
 Seconds per iteration are measured on one device and scaled to each run by forward FLOPs:
 
