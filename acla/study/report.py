@@ -704,8 +704,38 @@ def summary_lines(columns: dict[str, dict], paper: str, paper_iterations: int = 
         groups = [f"**{w}** in " + ", ".join(f"{name} ({number})" if name == carrier else name for name in words[w])
                   for w in ranked]  # the number sits beside the profile it was measured in
         lines.append(f"- {claim.statement}: " + "; ".join(groups) + ".")
+    decision = budget_decision(columns)
+    if decision:
+        lines.append(f"- {decision}")
     lines.append(f"- What could change the answer: {change_words(columns, paper_iterations)}")
     return lines
+
+
+ADAPTIVE_CLAIMS = ("adaptive", "adaptive_target", "adaptive_lagrangian")
+
+
+def budget_decision(columns: dict[str, dict]) -> str:
+    """The first screen's answer on the keys: under which key budget ACLA's keys were adaptive, whether that paid
+    against fixed keys, and so which budget the headline ACLA keeps. Empty until a non-linear form was measured."""
+    words: dict[str, str] = {}
+    for claim_id in (*ADAPTIVE_CLAIMS, "pays"):
+        found = {c["claims"].set_index("claim_id").word.get(claim_id, "not measured") for c in columns.values()}
+        found.discard("not measured")
+        ranked = [w for w in ("supported", "contradicted", "inconclusive") if w in found]
+        if ranked:
+            words[claim_id] = ranked[0]
+    if not set(words) - {"adaptive"}:
+        return ""
+    meaning = {"supported": "yes", "contradicted": "no", "inconclusive": "not settled"}
+    forms = "; ".join(f"{CLAIMS[c].name.split(', ')[1]}: {meaning[words[c]]} ({words[c]})"
+                      for c in ADAPTIVE_CLAIMS if c in words)
+    pays = words.get("pays")
+    paid = (f"beat fixed keys at equal keys per query: **{pays}**" if pays
+            else "whether they beat fixed keys was not measured (no form's gates adapted)")
+    keeps = ("so the target form is the candidate for the headline ACLA, not yet retrained with it" if pays == "supported"
+             else f"so every headline ACLA keeps the linear budget of [(S8)]({METHOD}#s8), and the other forms are "
+                  "rows beside it")
+    return f"Can ACLA's keys be adaptive, and does it pay? Adaptive under the {forms}; adaptive keys {paid}; {keeps}."
 
 
 def change_words(columns: dict[str, dict], paper_iterations: int) -> str:
