@@ -657,7 +657,7 @@ PROFILE_NOTES = {
     "cpu-gates": "SR x2: accuracy against keys per query at several λk and K, and remedies",
     "cpu-budget": "SR x2: the key budget's forms (linear, target) against CLA at equal keys, 600 it",
     "cpu-budget-long": "SR x2: the key budget's forms (linear, target) against CLA at equal keys, 2,400 it",
-    "cpu-jpeg-long": "JPEG q10 at 2,400 it: do its gates settle adaptive, under the linear and the target budget",
+    "cpu-jpeg-long": "JPEG q10 at 2,400 it: do its gates settle adaptive under the linear budget",
     "gpu-check": "that the models learn and run on a GPU: one seed each, and timings",
     "smoke": "a pipeline check, not a result: tiny networks trained seconds each on the bundled images; at 250 "
              "iterations the same code and seeds gave SR x2 Δ(ACLA − backbone) +0.06 dB on one CPU and −0.83 dB on "
@@ -866,7 +866,10 @@ PROFILE_COLUMNS = ("what it tests", "model, training", "seeds", "device", PROJEC
 
 
 def projected_minutes(params: Path, reports: Path, names) -> dict[str, str]:
-    """Per profile, the training time that ``acla.study.plan`` projects from the cpu profile's step times."""
+    """Per profile, the training time that ``acla.study.plan`` projects from the cpu profile's step times; none
+    without the params file (pages rendered from a copied reports folder)."""
+    if not Path(params).is_file():
+        return {}
     out = {}
     for name in names:
         hours = projected_hours(params, name, reports) if name in PROFILES else None
