@@ -13,6 +13,7 @@ from acla.config import AblationConfig, TaskConfig, load_study
 from acla.engine.train import ModelSpec, load_checkpoint, train
 from acla.study.report import (
     _sweep_sentence,
+    budget_decision,
     delta_sentence,
     literature_sentence,
     open_keys_sentence,
@@ -416,3 +417,18 @@ def test_the_front_page_answers_first_and_ends_with_its_rules_and_glossary(tmp_p
     for symbol in ("λk", "R·K", "CLA", "SE", "Δ", "PSNR", "recipe", "gpu-check", "it"):
         assert symbol in defined, symbol
     assert (tmp_path / "pipeline-checks.md").is_file()
+
+
+def test_the_first_screen_says_which_key_budget_adapts_and_whether_it_pays() -> None:
+    def column(words: dict[str, str]) -> dict:
+        claims = claims_frame({})
+        claims["word"] = [words.get(claim_id, "not measured") for claim_id in claims.claim_id]
+        return {"claims": claims}
+
+    assert budget_decision({"cpu": column({"adaptive": "contradicted"})}) == ""  # the linear form alone: no answer yet
+    lost = budget_decision({"cpu": column({"adaptive": "contradicted"}),
+                            "cpu-budget-long": column({"adaptive_target": "supported", "pays": "contradicted"})})
+    assert "linear budget: no (contradicted); target budget: yes (supported)" in lost
+    assert "beat fixed keys at equal keys per query: **contradicted**" in lost and "keeps the linear budget" in lost
+    won = budget_decision({"p": column({"adaptive_target": "supported", "pays": "supported"})})
+    assert "the target form is the candidate for the headline ACLA" in won
