@@ -24,25 +24,23 @@ from acla.engine.train import FINISHED, ModelSpec, finished_record
 def finished_twin(runs_root: Path, spec: ModelSpec, config: Config, out_dir: Path) -> Path | None:
     """A run folder under ``runs_root`` other than ``out_dir`` that finished this model, config and code."""
     wanted = finished_record(spec, config)
-    out_dir = out_dir.resolve()
+    out_dir = Path(out_dir).resolve()
     for record in sorted(Path(runs_root).rglob(FINISHED)):
         folder = record.parent
-        if folder.resolve() == out_dir or not (folder / "last.pt").is_file():
-            continue
-        try:
-            if json.loads(record.read_text()) == wanted:
-                return folder
-        except (OSError, json.JSONDecodeError):
-            continue
+        if folder.resolve() != out_dir and _holds(folder, wanted):
+            return folder
     return None
 
 
 def finished_here(spec: ModelSpec, config: Config, out_dir: Path) -> bool:
     """``out_dir`` holds a finished run of this model, config and training code (resuming it trains nothing)."""
-    out_dir = Path(out_dir)
+    return _holds(Path(out_dir), finished_record(spec, config))
+
+
+def _holds(folder: Path, wanted: dict) -> bool:
+    """``folder`` has a checkpoint and a finished record equal to ``wanted``."""
     try:
-        return (out_dir / "last.pt").is_file() and json.loads((out_dir / FINISHED).read_text()) == \
-            finished_record(spec, config)
+        return (folder / "last.pt").is_file() and json.loads((folder / FINISHED).read_text()) == wanted
     except (OSError, json.JSONDecodeError):
         return False
 
