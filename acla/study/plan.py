@@ -188,12 +188,9 @@ def plan_table(runs: list[PlannedRun], measures: dict[tuple[str, str], Measured]
     return pd.DataFrame(rows)
 
 
-def projected_hours(params: Path, profile: str, reports: Path) -> float | None:
-    """The training hours that the plan projects for ``profile`` on one CPU like the ``cpu`` profile's (the front
-    page's profile table puts it beside the measured wall time); None where no CPU step time is measured."""
-    measures = cpu_measures(reports, params)
-    if not measures:
-        return None
+def projected_hours(params: Path, profile: str, measures: dict[tuple[str, str], Measured]) -> float:
+    """The training hours that the plan projects for ``profile`` from ``measures`` (the front page's profile table
+    puts them beside the measured wall time, from ``cpu_measures``)."""
     return float(plan_table(planned_runs(load_study(params, profile)), measures).hours.sum())
 
 

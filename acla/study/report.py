@@ -51,7 +51,7 @@ from acla.study.tables import (
 from acla.study.budget import COLUMNS as BUDGET_COLUMNS
 from acla.study.budget import NOTE as BUDGET_NOTE
 from acla.study.budget import key_budget_sentence, key_budget_table
-from acla.study.plan import projected_hours
+from acla.study.plan import cpu_measures, projected_hours
 from acla.study.verdict import (
     CLAIMS,
     PIPELINE_CHECKS,
@@ -870,11 +870,11 @@ def projected_minutes(params: Path, reports: Path, names) -> dict[str, str]:
     without the params file (pages rendered from a copied reports folder)."""
     if not Path(params).is_file():
         return {}
-    out = {}
-    for name in names:
-        hours = projected_hours(params, name, reports) if name in PROFILES else None
-        out[name] = f"{hours * 60:.1f} min" if hours is not None else ""
-    return out
+    measures = cpu_measures(reports, params)  # read once for every profile
+    if not measures:
+        return {}
+    return {name: f"{projected_hours(params, name, measures) * 60:.1f} min" if name in PROFILES else ""
+            for name in names}
 
 
 def profiles_table(summaries: dict[str, dict], columns: tuple[str, ...], page: str = "",
