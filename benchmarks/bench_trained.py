@@ -13,8 +13,6 @@ Usage: ``ACLA_DATA=... python -m benchmarks.bench_trained [--profile cpu] [--run
 
 from __future__ import annotations
 
-import statistics
-
 import pandas as pd
 import torch
 
@@ -23,11 +21,12 @@ from acla.models.attention import SampledCrossLayerAttention
 from acla.study.steps import open_task
 from benchmarks.common import (
     MEMORY_FORMATS,
+    against_baseline,
     device_name,
-    inference_arguments,
     inference_step,
     interleaved_samples,
-    round_ratio_range,
+    parse_trained,
+    trained_arguments,
     with_every_key_projected,
     without_fused_walk,
     write_csv,
@@ -54,14 +53,10 @@ def run(profile: str, runs: str, height: int, width: int, repeats: int) -> pd.Da
             modules = [m for m in acla.modules() if isinstance(m, SampledCrossLayerAttention)]
             opened = " ".join(f"{float(m.open_keys):.2f}/{m.keys_per_query}" for m in modules)
             gflops = {name: count_flops(step) / 1e9 for name, step in steps.items()}
-        base = statistics.median(samples["backbone"])
-        for name in steps:
-            low, high = round_ratio_range(samples[name], samples["backbone"])  # against the backbone, round by round
-            latency = statistics.median(samples[name])
+        for name in steps:  # against the backbone, round by round
             rows.append({"model": name, "mode": mode, "gflops": gflops[name],
-                         "flops_overhead_pct": 100 * (gflops[name] / gflops["backbone"] - 1), "latency_s": latency,
-                         "overhead_pct": 100 * (latency / base - 1), "overhead_low_pct": 100 * (low - 1),
-                         "overhead_high_pct": 100 * (high - 1), "rounds": repeats, "setting": setting,
+                         "flops_overhead_pct": 100 * (gflops[name] / gflops["backbone"] - 1),
+                         **against_baseline(samples, name, "backbone"), "setting": setting,
                          "profile": profile, "backbone": study.config.model.backbone,
                          "inserted_after": " ".join(map(str, study.searched(setting).insert)), "open_keys": opened,
                          "input": f"{width}x{height}", "device": device_name(torch.device("cpu"))})
@@ -70,15 +65,10 @@ def run(profile: str, runs: str, height: int, width: int, repeats: int) -> pd.Da
 
 
 def main() -> None:
-    parser = inference_arguments(__doc__, repeats=15)
-    parser.add_argument("--profile", default="cpu", help="the profile whose retrain stage wrote the checkpoints")
-    parser.add_argument("--runs", default="runs", help="the checkpoints' root (runs/<profile>/sr/retrain/...)")
-    args = parser.parse_args()
-    if args.device != "cpu":
-        parser.error("the fused walk is the CPU kernel's: --device cpu only")
+    parser = trained_arguments(__doc__, profile="cpu", repeats=15)
+    args = parse_trained(parser)
     frame = run(args.profile, args.runs, args.height, args.width, args.repeats)
     write_csv(frame, "trained_cpu.csv")
-
 
 if __name__ == "__main__":
     main()

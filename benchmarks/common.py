@@ -35,14 +35,41 @@ def attention_arguments(doc: str | None, *, sizes: list[int], channels: int, rep
     return parser
 
 
-def inference_arguments(doc: str | None, *, repeats: int) -> argparse.ArgumentParser:
-    """The options of the inference benchmarks: device, LR input size, timed rounds."""
+def inference_arguments(doc: str | None, *, repeats: int, input_size: bool = True) -> argparse.ArgumentParser:
+    """The options of the inference benchmarks: device, LR input size (unless the input is an image), timed rounds."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--height", type=int, default=180)
-    parser.add_argument("--width", type=int, default=320)
+    if input_size:
+        parser.add_argument("--height", type=int, default=180)
+        parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds (median reported)")
     return parser
+
+
+def trained_arguments(doc: str | None, *, profile: str, repeats: int,
+                      input_size: bool = True) -> argparse.ArgumentParser:
+    """The options of the benchmarks that time a profile's trained checkpoints (CPU only: the fused walk is the CPU
+    kernel's); ``parse_trained`` refuses another device."""
+    parser = inference_arguments(doc, repeats=repeats, input_size=input_size)
+    parser.add_argument("--profile", default=profile, help="the profile whose stage wrote the checkpoints")
+    parser.add_argument("--runs", default="runs", help="the checkpoints' root (runs/<profile>/<task>/...)")
+    return parser
+
+
+def parse_trained(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.device != "cpu":
+        parser.error("the fused walk is the CPU kernel's: --device cpu only")
+    return args
+
+
+def against_baseline(samples: dict[Hashable, list[float]], name: Hashable, baseline: Hashable) -> dict[str, float]:
+    """Step ``name``'s median seconds and its overhead over ``baseline`` timed in the same rounds: of the medians, and
+    the lowest and highest round (``round_ratio_range``), in percent."""
+    latency, base = statistics.median(samples[name]), statistics.median(samples[baseline])
+    low, high = round_ratio_range(samples[name], samples[baseline])
+    return {"latency_s": latency, "overhead_pct": 100 * (latency / base - 1), "overhead_low_pct": 100 * (low - 1),
+            "overhead_high_pct": 100 * (high - 1), "rounds": len(samples[name])}
 
 
 def interleaved_samples(steps: dict[Hashable, Callable[[], None]], device: torch.device,

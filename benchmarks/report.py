@@ -297,6 +297,29 @@ projected in one matrix product before it.
 """
 
 
+def frontier_section(frame: pd.DataFrame) -> str:
+    first = frame.iloc[0]
+    frame = frame.assign(target=["" if pd.isna(t) else f"{t:.2f}" for t in frame.target],
+                         per_round_range=["" if variant == "backbone" else _range(low, high, "{:+.1f}") for
+                                          variant, low, high in
+                                          zip(frame.variant, frame.overhead_low_pct, frame.overhead_high_pct)])
+    columns = ["point", "budget", "target", "tau", "open_keys", "gflops", "latency_s", "overhead_pct", "per_round_range",
+               "open_keys_by_block"]
+    formats = {"open_keys": "{:.2f}", "gflops": "{:.2f}", "latency_s": "{:.3f}", "overhead_pct": "{:+.1f}"}
+    return f"""## (h) Trained frontier points at inference, closed keys skipped ({_conditions(frame)})
+
+`python -m benchmarks.bench_frontier --profile {first['profile']}` — every point of the `{first['profile']}` profile's
+{first['setting']} frontier (first seed, {int(first['iterations'])} iterations): the backbone, CLA with K fixed keys per
+reference, ACLA under each key-budget form (budget, target t, the gate temperature's schedule tau;
+docs/method.md#key-budget-forms). Input: {first['input']};
+{first['mode']}, eval mode, no autograd, the fused C++ walk (closed keys are never gathered), interleaved rounds{
+        _spread(frame, "overhead_low_pct", ", overheads against the backbone of the same round")}. Open keys: per query,
+mean over the modules, on this input (by module: block:open/keys). GFLOPs: this input's, closed keys skipped.
+
+{_table(frame, columns, formats)}
+"""
+
+
 def gpu_section(frame: pd.DataFrame, device: str) -> str:
     """The CUDA counterparts of (c) and (d), from the speed part of ``python -m acla gpu-check``."""
     ok = frame[frame.status == "ok"]
@@ -352,6 +375,8 @@ def render() -> str:
             sections.append(section(pd.read_csv(path)))
     for path in sorted((RESULTS.parent / "gpu").glob("*/speed/speed.csv")):
         sections.append(gpu_section(pd.read_csv(path), path.parent.parent.name))
+    for path in sorted(RESULTS.glob("frontier_*.csv")):  # after (g), the CUDA run, as its letter says
+        sections.append(frontier_section(pd.read_csv(path)))
     return "\n".join(sections)
 
 
