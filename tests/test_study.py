@@ -432,3 +432,11 @@ def test_the_first_screen_says_which_key_budget_adapts_and_whether_it_pays() -> 
     assert "beat fixed keys at equal keys per query: **contradicted**" in lost and "keeps the linear budget" in lost
     won = budget_decision({"p": column({"adaptive_target": "supported", "pays": "supported"})})
     assert "the target form is the candidate for the headline ACLA" in won
+    # a model whose gates adapted but still moved is neutral; the answer names it beside the word it did not change
+    found = {"adaptive_target": ([gate_comparison("t=0.5 at 2400 it", 4.0, 4, 9.5, 24.75, moving=True),
+                                  gate_comparison("t=0.25 at 2400 it", 0.0, 4, 1.0, 24.75, moving=False)], "")}
+    assert [c.side for c in found["adaptive_target"][0]] == [0, -1]
+    moving = budget_decision({"long": column({"adaptive_target": "contradicted"})
+                              | {"comparisons": comparisons_frame(found)}})
+    assert ("target budget: no (contradicted, although t=0.5 at 2400 it in long adapted with its gates still moving)"
+            in moving)

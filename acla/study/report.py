@@ -655,9 +655,10 @@ PROFILE_NOTES = {
     "cpu": "every task on whole benchmark images, and a placement ablation",
     "cpu-long": "SR x2 against training length: backbone, ACLA and a remedy at each budget",
     "cpu-gates": "SR x2: accuracy against keys per query at several λk and K, and remedies",
-    "cpu-budget": "SR x2: the key budget's forms (linear, target) against CLA at equal keys, 600 it",
+    "cpu-budget": "SR x2: the key budget's forms (linear, target, lagrangian; τ annealed or fixed at 1) against CLA at "
+                  "equal keys, 600 it",
     "cpu-budget-long": "SR x2: the key budget's forms (linear, target) against CLA at equal keys, 2,400 it",
-    "cpu-jpeg-long": "JPEG q10 at 2,400 it: do its gates settle adaptive under the linear budget",
+    "cpu-jpeg-long": "JPEG q10 at 2,400 it: do its gates settle adaptive, under the linear and the target budget",
     "gpu-check": "that the models learn and run on a GPU: one seed each, and timings",
     "smoke": "a pipeline check, not a result: tiny networks trained seconds each on the bundled images; at 250 "
              "iterations the same code and seeds gave SR x2 Δ(ACLA − backbone) +0.06 dB on one CPU and −0.83 dB on "
@@ -727,7 +728,7 @@ def budget_decision(columns: dict[str, dict]) -> str:
     if not set(words) - {"adaptive"}:
         return ""
     meaning = {"supported": "yes", "contradicted": "no", "inconclusive": "not settled"}
-    forms = "; ".join(f"{CLAIMS[c].name.split(', ')[1]}: {meaning[words[c]]} ({words[c]})"
+    forms = "; ".join(f"{CLAIMS[c].name.split(', ')[1]}: {meaning[words[c]]} ({words[c]}{still_moving(columns, c)})"
                       for c in ADAPTIVE_CLAIMS if c in words)
     pays = words.get("pays")
     paid = (f"beat fixed keys at equal keys per query: **{pays}**" if pays
@@ -736,6 +737,16 @@ def budget_decision(columns: dict[str, dict]) -> str:
              else f"so every headline ACLA keeps the linear budget of [(S8)]({METHOD}#s8), and the other forms are "
                   "rows beside it")
     return f"Can ACLA's keys be adaptive, and does it pay? Adaptive under the {forms}; adaptive keys {paid}; {keeps}."
+
+
+def still_moving(columns: dict[str, dict], claim_id: str) -> str:
+    """", although <models> adapted with their gates still moving": the adapting models that a verdict on the keys
+    left neutral, named with their profile; empty where there are none."""
+    moving = [f"{row['label']} in {profile}" for profile, column in columns.items() if "comparisons" in column
+              for row in column["comparisons"].to_dict(orient="records")
+              if row["claim_id"] == claim_id and row["side"] == 0 and float(row["difference"] or "nan") > 0]
+    gates = "its gates" if len(moving) == 1 else "their gates"
+    return f", although {' and '.join(moving)} adapted with {gates} still moving" if moving else ""
 
 
 def change_words(columns: dict[str, dict], paper_iterations: int) -> str:

@@ -232,9 +232,10 @@ def pays_comparisons(study_dir: Path) -> tuple[list[Comparison], str]:
 def gate_comparison(label: str, adapting: float, modules: int, open_keys: float, keys_per_query: float,
                     moving: bool, where: str = "") -> Comparison:
     """One ACLA model against the adaptivity test: for when at least half its ``modules`` adapt (``adapting``, mean
-    over seeds; ``acla.engine.gates.adaptive``), against when fewer do, neutral while its gates still move."""
-    side = math.nan if moving else 1.0 if adapting >= modules / 2 else -1.0
-    return Comparison(side, 0.0, f"{label}: {adapting:.1f}/{modules} modules adapting, {open_keys:.2f} of "
+    over seeds; ``acla.engine.gates.adaptive``), against when fewer do, neutral while its gates still move (the
+    difference says which way they stood; the noise band is unknown)."""
+    side = 1.0 if adapting >= modules / 2 else -1.0
+    return Comparison(side, math.inf if moving else 0.0, f"{label}: {adapting:.1f}/{modules} modules adapting, {open_keys:.2f} of "
                                  f"{keys_per_query:.2f} keys{where}" + (" (gates still moving)" if moving else ""),
                       f"{adapting:.1f}/{modules} modules adapt", label)
 
