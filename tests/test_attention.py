@@ -212,6 +212,23 @@ def test_a_higher_budget_weight_opens_fewer_keys() -> None:
     assert high < low - 2, f"open keys: budget 0 -> {low:.2f}, budget 2 -> {high:.2f}"
 
 
+def test_the_open_target_pulls_on_the_keys_inference_opens_not_on_the_mean_probability() -> None:
+    """(S8) with every gate probability near 0.75, inference opens every key: the target form at t = 0.75 is content,
+    the open-target form pushes the gates closed; at a probability near 0.25 (one key per query) it pushes them open."""
+    pushes = {}
+    for bias in (1.1, -1.1):  # sigmoid 0.75 and 0.25
+        for form in ("target", "open_target"):
+            module = build_attention("acla", 8, 2, num_keys=9, budget_weight=1.0, gate_bias=bias).double().train()
+            torch.nn.init.zeros_(module.gate.weight)  # every score equal to the bias
+            module.budget_form, module.budget_target = form, 0.75 if bias > 0 else 0.25
+            query, *refs = maps(1, 8, 5, 5, count=3)
+            module(query, refs)
+            module.budget_loss.backward()
+            pushes[bias, form] = round(float(module.gate.bias.grad.sum()), 3)
+    assert abs(pushes[1.1, "target"]) < 1e-2 and abs(pushes[-1.1, "target"]) < 1e-2
+    assert pushes[1.1, "open_target"] > 1e-2 and pushes[-1.1, "open_target"] < -1e-2  # close, then open
+
+
 @pytest.mark.parametrize("logits", ["predicted", "dot"])  # predicted: the fused walk where the kernel builds
 def test_gradcheck_of_a_tiny_acla_in_float64(logits: str) -> None:
     torch.manual_seed(0)
@@ -292,9 +309,11 @@ def test_every_key_budget_forms_gradient_equals_the_reference_paths(form: str, g
         torch.manual_seed(6)  # the same gate noise on both paths
         out = module(inputs[0], inputs[1:])
         budget = module.budget_loss
-        probability = torch.sigmoid(module.gate(inputs[0].detach())).mean()
+        scores = module.gate(inputs[0].detach()).permute(0, 2, 3, 1)
+        probability = torch.sigmoid(scores).mean()
         gap = probability - 0.25
-        expected = {"linear": 0.3 * probability, "target": 0.3 * gap ** 2,
+        opened = ((scores > 0) | (scores == scores.amax(dim=-1, keepdim=True))).double().mean()  # (S6), (S7)
+        expected = {"linear": 0.3 * probability, "target": 0.3 * gap ** 2, "open_target": 0.3 * (opened - 0.25) ** 2,
                     "lagrangian": multipliers[0] * gap + multipliers[1] * gap ** 2}[form]
         assert torch.allclose(budget.detach(), expected.detach(), rtol=0, atol=1e-12)
         (out.sum() * 1e-3 + budget).backward()

@@ -61,24 +61,32 @@ class AttentionBase(nn.Module):
         self.open_keys = torch.tensor(0.0)  # mean keys attended per query, last call
         self.open_key_counts: torch.Tensor | None = None  # (B, H, W) per-query counts, last call (ACLA)
         self.key_budget = torch.tensor(0.0)  # (S8) mean gate probability, last call (0 without gates)
+        self.open_fraction = torch.tensor(0.0)  # share of keys inference's gates would open, last call (no gradient)
         # (S8) the form of the key budget (KEY_BUDGET_FORMS; the trainer sets it): "linear", the recipe's, or
         # "target", a departure from it that the dynamic-network literature trains with
         self.budget_form = "linear"
-        self.budget_target = 0.5  # t of the "target" and "lagrangian" forms: the mean gate probability they pull toward
+        self.budget_target = 0.5  # t of the "target", "open_target" and "lagrangian" forms
         self.budget_multipliers: torch.Tensor | None = None  # (2,) lambda_1, lambda_2 of "lagrangian" (the trainer's)
 
     @property
     def budget_loss(self) -> torch.Tensor:
         """(S8) the key budget, to be added to the training loss: ``lambda_k * mean(sigmoid(s))`` (``linear``), or
         ``lambda_k * (mean(sigmoid(s)) - t)^2`` (``target``), or ``lambda_1 (mean - t) + lambda_2 (mean - t)^2`` with
-        multipliers that the trainer raises by gradient ascent while the network descends (``lagrangian``, CoFi's).
+        multipliers that the trainer raises by gradient ascent while the network descends (``lagrangian``, CoFi's), or
+        ``lambda_k * (f - t)^2`` with f the share of keys that inference's gates would open (s > 0, and each query's
+        best key), its gradient taken through the mean gate probability (straight-through: ``open_target``).
 
         Why a target: under Adam the linear form's gradient on the gate head has one sign and a steady size, so every
         gate moves at the learning rate whatever lambda_k is (all keys open, or one per query); the target form's
         gradient changes sign at t, so the mean gate probability settles there and each query stays free to open more
-        or fewer keys than the mean (DynamicViT's keep ratio and ConvNet-AIG's target rate are of this form)."""
-        gap = self.key_budget - self.budget_target
-        if self.budget_form == "target":
+        or fewer keys than the mean (DynamicViT's keep ratio and ConvNet-AIG's target rate are of this form). Why the
+        open share: what settles at t is the mean probability, while inference opens the keys with s > 0; with every
+        probability near 0.75 every key is open, near 0.25 one key per query."""
+        budget = self.key_budget
+        if self.budget_form == "open_target":  # value f, gradient of the mean probability
+            budget = budget + (self.open_fraction.to(budget) - budget).detach()
+        gap = budget - self.budget_target
+        if self.budget_form in ("target", "open_target"):
             return self.budget_weight * gap ** 2
         if self.budget_form == "lagrangian":
             if self.budget_multipliers is None:
@@ -258,6 +266,7 @@ class SampledCrossLayerAttention(AttentionBase):
     def gate_values(self, scores: torch.Tensor) -> torch.Tensor:
         """(S6)-(S7) gates (B, H, W, R*K) from the gate logits ``scores`` s (B, H, W, R*K)."""
         self.key_budget = gate_probabilities(scores).mean()  # (S8) expected fraction of open keys
+        self.open_fraction = inference_open_fraction(scores)
         if self.training:
             relaxed = self.relaxed_gates(scores)
             hard = relaxed > 0.5
@@ -357,6 +366,7 @@ class SampledCrossLayerAttention(AttentionBase):
             with torch.no_grad():
                 scores = heads[..., -self.keys_per_query:]
                 probability = gate_probabilities(scores)  # (S8) the key budget is their mean
+                self.open_fraction = inference_open_fraction(scores)
                 if self.training:  # (S6) the kernel opens relaxed > 1/2
                     relaxed = self.relaxed_gates(scores)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]  # raw F^r as rows (the op makes them contiguous)
@@ -377,6 +387,7 @@ class SampledCrossLayerAttention(AttentionBase):
         rows = query.permute(0, 2, 3, 1)  # (B, H, W, C)
         scores = F.linear(rows, self.gate.weight.flatten(1), self.gate.bias).to(query.dtype)  # (S6)
         self.key_budget = gate_probabilities(scores).mean()  # (S8)
+        self.open_fraction = inference_open_fraction(scores)
         maps = [ref.permute(0, 2, 3, 1) for ref in refs]
         summed, counts = kernel_attend_open(maps, rows, scores, self.offset.weight.flatten(1).to(query.dtype),
                                             self.offset.bias.to(query.dtype),
@@ -468,6 +479,14 @@ def gate_probabilities(scores: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(scores.to(torch.promote_types(scores.dtype, torch.float32)))
 
 
+@torch.no_grad()
+def inference_open_fraction(scores: torch.Tensor) -> torch.Tensor:
+    """The share of keys that inference's gates open for the gate logits ``scores`` (..., R*K): s > 0 (S6), and each
+    query's best-scored key (S7)."""
+    open_ = (scores > 0).scatter(-1, scores.argmax(dim=-1, keepdim=True), True)
+    return open_.double().mean()  # a count over many keys: float32 would round it
+
+
 def rows_linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution applied to channels-last rows (..., C_in) -> (..., C_out): one matrix product."""
     return F.linear(rows, conv.weight.flatten(1), conv.bias)
@@ -489,7 +508,7 @@ def linear_in_layout_of(query: torch.Tensor, rows: torch.Tensor, weight: torch.T
 
 
 ATTENTIONS = ("none", "nonlocal", "cla-dense", "cla", "acla")
-KEY_BUDGET_FORMS = ("linear", "target", "lagrangian")  # (S8) ``AttentionBase.budget_loss``
+KEY_BUDGET_FORMS = ("linear", "target", "open_target", "lagrangian")  # (S8) ``AttentionBase.budget_loss``
 
 
 def build_attention(name: str, channels: int, num_refs: int, num_keys: int = 9, **options) -> nn.Module:

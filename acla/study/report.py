@@ -712,7 +712,7 @@ def summary_lines(columns: dict[str, dict], paper: str, paper_iterations: int = 
     return lines
 
 
-ADAPTIVE_CLAIMS = ("adaptive", "adaptive_target", "adaptive_lagrangian")
+ADAPTIVE_CLAIMS = ("adaptive", "adaptive_target", "adaptive_open_target", "adaptive_lagrangian")
 
 
 def budget_decision(columns: dict[str, dict]) -> str:

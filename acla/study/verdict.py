@@ -58,11 +58,14 @@ CLAIMS = {
     "adaptive_target": Claim("adaptive keys, target budget",
                              "The number of keys per query is adaptive (target key budget, a departure)",
                              "the same per ACLA model trained with the target form of the key budget."),
+    "adaptive_open_target": Claim("adaptive keys, open-share target budget",
+                                  "The number of keys per query is adaptive (open-share target key budget, a departure)",
+                                  "the same per ACLA model trained with the open-share target form of the key budget."),
     "adaptive_lagrangian": Claim("adaptive keys, lagrangian budget",
                                  "The number of keys per query is adaptive (lagrangian key budget, a departure)",
                                  "the same per ACLA model trained with the lagrangian form of the key budget."),
     "pays": Claim("adaptivity pays", "Adaptive keys beat fixed keys at equal keys per query",
-                  "per adapting ACLA model with a target or lagrangian budget and per test set, Δ = PSNR(ACLA) − "
+                  "per adapting ACLA model with a target, open-share target or lagrangian budget and per test set, Δ = PSNR(ACLA) − "
                   "PSNR(CLA with the fewest fixed keys at or above ACLA's open keys): for when Δ > 2 SE or when Δ is "
                   "within 2 SE with fewer keys, against when Δ < −2 SE."),
     "placement": Claim("placement", "The searched insertion beats other placements at equal cost",
@@ -328,6 +331,7 @@ def claim_comparisons(study_dir: Path) -> dict[str, tuple[list[Comparison], str]
     found = {task: task_comparisons(study_dir / task) if (study_dir / task).is_dir() else ([], "") for task in TASKS}
     found["adaptive"] = adaptive_comparisons(study_dir)
     found["adaptive_target"] = adaptive_comparisons(study_dir, "target")
+    found["adaptive_open_target"] = adaptive_comparisons(study_dir, "open_target")
     found["adaptive_lagrangian"] = adaptive_comparisons(study_dir, "lagrangian")
     found["pays"] = pays_comparisons(study_dir)
     found["placement"] = placement_comparisons(study_dir)
