@@ -16,7 +16,7 @@ def frontier_rows() -> pd.DataFrame:
         {"point": "backbone", "variant": "backbone", "attention": "none", "budget": "", "target": math.nan, "tau": "",
          "open_keys": 0.0, "open_keys_by_block": "", "gflops": 15.2, "latency_s": 0.300, "overhead_pct": 0.0,
          "overhead_low_pct": 0.0, "overhead_high_pct": 0.0, **common},
-        {"point": "ACLA λk=0.01 + target t=0.5", "variant": "acla lk=0.01 + target t=0.5", "attention": "acla",
+        {"point": "ACLA w=0.01 + target t=0.5", "variant": "acla lk=0.01 + target t=0.5", "attention": "acla",
          "budget": "target", "target": 0.5, "tau": "1 → 0.1", "open_keys": 8.29,
          "open_keys_by_block": "1:4.72/9 2:4.77/18", "gflops": 16.34, "latency_s": 0.415, "overhead_pct": 38.3, "overhead_low_pct": 30.0,
          "overhead_high_pct": 45.5, **common},
@@ -27,7 +27,7 @@ def test_frontier_section_gives_each_point_its_cost_and_the_backbone_no_range() 
     text = frontier_section(frontier_rows())
     assert "python -m benchmarks.bench_frontier --profile cpu-budget-long" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["ACLA λk=0.01 + target t=0.5"].startswith(
-        "| ACLA λk=0.01 + target t=0.5 | target | 0.50 | 1 → 0.1 | 8.29 | 16.34 | 0.415 | +38.3 | [+30.0, +45.5] |")
+    assert rows["ACLA w=0.01 + target t=0.5"].startswith(
+        "| ACLA w=0.01 + target t=0.5 | target | 0.50 | 1 → 0.1 | 8.29 | 16.34 | 0.415 | +38.3 | [+30.0, +45.5] |")
     assert rows["backbone"].startswith("| backbone |  |  |  | 0.00 | 15.20 | 0.300 | +0.0 |  |")
     assert "3 rounds" in text

@@ -147,9 +147,10 @@ NOTE = ("One row per ACLA point, training length and test set. Budget: the key b
         "([docs/method.md](../../../docs/method.md#key-budget-forms)); t its target; τ the gate temperature's schedule; "
         "mean p at end: the ACLA modules' mean gate probability on the last training batch (what the target pulls "
         "toward t); open fraction: the share of each module's keys a query keeps open at inference (mean over modules "
-        "and seeds); adapting: modules whose open-key count varies across queries (of 4); ρ activity: Spearman "
+        "and seeds, each module's open keys divided by its own R·K: R references times K keys); open keys: a query's open "
+        "keys, mean over modules and seeds (each module has R·K keys); adapting: modules whose open-key count varies across queries (of 4); ρ activity: Spearman "
         "correlation of a query's open keys with the input's local activity (first seed, first key image; empty where "
-        "no module varies); Δ: PSNR minus the backbone's, and minus CLA's with the fewest fixed keys at or above the "
+        "no module's open keys vary on that image); Δ: PSNR minus the backbone's, and minus CLA's with the fewest fixed keys at or above the "
         "point's open keys (CLA match), ± the standard error of independent seeds; moving: gates still changing at the "
         "end of training.\n\n")
 

@@ -734,8 +734,8 @@ def budget_decision(columns: dict[str, dict]) -> str:
     paid = (f"beat fixed keys at equal keys per query: **{pays}**" if pays
             else "whether they beat fixed keys was not measured (no form's gates adapted)")
     keeps = ("so the target form is the candidate for the headline ACLA, not yet retrained with it" if pays == "supported"
-             else f"so every headline ACLA keeps the linear budget of [(S8)]({METHOD}#s8), and the other forms are "
-                  "rows beside it")
+             else f"so the ACLA of every task's main comparison keeps the linear budget of [(S8)]({METHOD}#s8), and "
+                  "the other forms are reported in the key-budget tables beside it")
     return f"Can ACLA's keys be adaptive, and does it pay? Adaptive under the {forms}; adaptive keys {paid}; {keeps}."
 
 

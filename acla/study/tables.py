@@ -440,8 +440,13 @@ def training_length(task_dir: Path) -> pd.DataFrame:
 
 def variant_label(variant: str) -> str:
     """A frontier point's name as the pages and figures write it: ``acla lk=0.001`` -> ``ACLA λk=0.001`` (the CSVs
-    keep ASCII names)."""
-    return re.sub(r"\b(acla|cla)\b", lambda m: m.group(1).upper(), str(variant)).replace("lk=", "λk=")
+    keep ASCII names); the budget weight of a target form is its w (``ACLA w=0.01 + target t=0.5``), and the
+    lagrangian form, whose multipliers are learned, has none (``ACLA + lagrangian t=0.5``)."""
+    label = re.sub(r"\b(acla|cla)\b", lambda m: m.group(1).upper(), str(variant))
+    label = re.sub(r" lk=[^ ]+ \+ lagrangian", " + lagrangian", label)
+    if re.search(r"\+ (open )?target", label):
+        return label.replace("lk=", "w=")
+    return label.replace("lk=", "λk=")
 
 
 def split_departures(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
