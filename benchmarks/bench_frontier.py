@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--set", default="B100", help="the test set whose first image is the input")
     args = parse_trained(parser)
     frame = run(args.task, args.profile, args.runs, args.set, args.repeats)
-    write_csv(frame, "frontier_cpu.csv")
+    write_csv(frame, f"frontier_{args.profile}_cpu.csv")
 
 if __name__ == "__main__":
     main()
