@@ -299,6 +299,7 @@ projected in one matrix product before it.
 
 def frontier_section(frame: pd.DataFrame) -> str:
     first = frame.iloc[0]
+    frame = frame.fillna({"budget": "", "tau": "", "open_keys_by_block": ""})  # the backbone and CLA have none
     frame = frame.assign(target=["" if pd.isna(t) else f"{t:.2f}" for t in frame.target],
                          per_round_range=["" if variant == "backbone" else _range(low, high, "{:+.1f}") for
                                           variant, low, high in
