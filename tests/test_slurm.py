@@ -120,7 +120,8 @@ def test_the_ci_profile_through_sbatch_scores_exactly_as_in_the_stage(tmp_path: 
 
 def test_a_job_requeued_mid_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
     config = load_config(ROOT / "params.yaml", "ci")
-    config = replace(config, train=replace(config.train, iterations=200, checkpoint_every=10, validate_every=200))
+    # long enough that the requeue at the first checkpoints lands mid-run on an idle machine (200 iterations did not)
+    config = replace(config, train=replace(config.train, iterations=1000, checkpoint_every=10, validate_every=1000))
     spec = ModelSpec.from_config("sr_x2", config.model)
     run_dir = (tmp_path / "slurm" / "run").resolve()
     launcher = slurm_launcher(tmp_path / "jobs")
